@@ -1,0 +1,65 @@
+"""Shared fixtures: settings, the real data in ../shared, an in-process S3 (moto) for unit tests."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("CHICAGO_DATA_DIR", REPO.parent / "shared" / "data" / "chicago"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Folder of real Chicago Data Portal exports (crimes/YYYY-MM.csv.gz, police_stations.csv)."""
+    if not (SHARED_DATA / "crimes").is_dir():
+        pytest.fail(f"real data not found at {SHARED_DATA} (set CHICAGO_DATA_DIR)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """An in-process S3 server (moto) for fast unit tests; any credentials are accepted."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def unit_settings(moto_endpoint: str, tmp_path: Path):
+    """Settings pointing at the moto S3 server and a fresh bucket per test."""
+    from chicago_crime.config import load_settings
+
+    bucket = f"test-{os.urandom(4).hex()}"
+    return load_settings(
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        aws_endpoint_url_s3=moto_endpoint,
+        data_repo_bucket_name=bucket,
+        mlflow_tracking_uri=f"file://{tmp_path / 'mlruns'}",
+    )
+
+
+@pytest.fixture
+def unit_lake(unit_settings):
+    """A Lake on a fresh, existing moto bucket."""
+    from chicago_crime.lake import Lake
+
+    lake = Lake(settings=unit_settings)
+    lake.ensure_bucket()
+    return lake
+
+
+@pytest.fixture(scope="session")
+def stack_settings():
+    """Settings of the running native stack (.env); integration tests only."""
+    from chicago_crime.config import load_settings
+
+    return load_settings()
