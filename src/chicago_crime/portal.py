@@ -1,0 +1,54 @@
+"""The Chicago Data Portal's two datasets: field names and the CSV export format.
+
+The live SODA 2.x API returns snake_case field names, numbers as strings, booleans as JSON
+booleans and floating timestamps such as ``2018-03-01T13:00:00.000``; the portal's CSV export
+uses title-case headers and ``MM/DD/YYYY hh:mm:ss AM`` dates. This module converts exports
+into the API's form (used by the replay server and by tests).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+CRIME_FIELDS: tuple[str, ...] = (
+    "id", "case_number", "date", "block", "iucr", "primary_type", "description",
+    "location_description", "arrest", "domestic", "beat", "district", "ward",
+    "community_area", "fbi_code", "x_coordinate", "y_coordinate", "year", "updated_on",
+    "latitude", "longitude", "location",
+)
+STATION_FIELDS: tuple[str, ...] = (
+    "district", "district_name", "address", "city", "state", "zip", "website", "phone",
+    "fax", "tty", "x_coordinate", "y_coordinate", "latitude", "longitude", "location",
+)
+BOOLEAN_FIELDS: tuple[str, ...] = ("arrest", "domestic")
+TIMESTAMP_FIELDS: tuple[str, ...] = ("date", "updated_on")
+EXPORT_DATE_FORMAT = "%m/%d/%Y %I:%M:%S %p"
+SODA_DATE_FORMAT = "%Y-%m-%dT%H:%M:%S.000"
+
+
+def snake_case(header: str) -> str:
+    """``'Location Description'`` -> ``'location_description'``."""
+    return "_".join(header.strip().lower().replace("-", " ").split())
+
+
+def read_export(path: str | Path) -> pd.DataFrame:
+    """Read a portal CSV export (optionally gzipped) as strings with snake_case columns.
+
+    Dates are converted to SODA floating timestamps; empty cells stay missing (``NaN``).
+    """
+    df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+    df.columns = [snake_case(c) for c in df.columns]
+    for col in TIMESTAMP_FIELDS:
+        if col in df.columns:
+            parsed = pd.to_datetime(df[col], format=EXPORT_DATE_FORMAT, errors="coerce")
+            df[col] = parsed.dt.strftime(SODA_DATE_FORMAT).where(parsed.notna())
+    if "date" in df.columns and "year" not in df.columns and "id" in df.columns:
+        df["year"] = df["date"].str.slice(0, 4)
+    return df
+
+
+def crimes_export_path(folder: str | Path, month: str) -> Path:
+    """Path of one month's export in a folder laid out like ``../shared/data/chicago``."""
+    return Path(folder) / "crimes" / f"{month}.csv.gz"
