@@ -87,8 +87,11 @@ def _flatten(value: Any) -> Any:
 
 def records_to_frame(records: list[dict[str, Any]], fields: tuple[str, ...]) -> pd.DataFrame:
     """SODA JSON records -> DataFrame of strings with exactly ``fields`` as columns."""
-    rows = [{f: _flatten(r[f]) for f in fields if f in r} for r in records]
-    return pd.DataFrame.from_records(rows, columns=list(fields)).astype("str")
+    df = pd.DataFrame.from_records(records).reindex(columns=list(fields))
+    for col in df.columns:
+        if not pd.api.types.is_string_dtype(df[col]) or df[col].dtype == object:
+            df[col] = df[col].map(_flatten, na_action="ignore")
+    return df.astype("str")
 
 
 class SocrataClient:

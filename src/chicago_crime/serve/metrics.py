@@ -1,0 +1,115 @@
+"""Prometheus metrics of the model server and the ASGI middleware that records them.
+
+Each app gets its own ``CollectorRegistry`` (several apps can live in one test process).
+Endpoints are labelled by route template (``/predict``), never by raw path, to bound cardinality.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)
+
+
+class ServerMetrics:
+    """The metric families of one app."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "http_requests_total", "HTTP requests by endpoint, method and status code.",
+            ["endpoint", "method", "status"], registry=self.registry,
+        )
+        self.latency = Histogram(
+            "http_request_duration_seconds", "Request latency by endpoint and method.",
+            ["endpoint", "method"], buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.predictions = Counter(
+            "predictions_total", "Records scored, by predicted class.",
+            ["model_version", "arrest"], registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "prediction_batch_records", "Records per prediction request.",
+            buckets=(1, 10, 100, 1_000, 10_000, 100_000), registry=self.registry,
+        )
+        self.model_version = Gauge(
+            "model_version", "Registry version number of the served model (0 = none).",
+            ["model_name"], registry=self.registry,
+        )
+        self.model_info = Gauge(
+            "model_info", "The served model (value 1).",
+            ["model_name", "version", "run_id", "predictor"], registry=self.registry,
+        )
+        self.model_ready = Gauge(
+            "model_ready", "1 when a model is loaded.", registry=self.registry
+        )
+        self.registry_reachable = Gauge(
+            "model_registry_reachable", "1 when the last registry check succeeded.",
+            registry=self.registry,
+        )
+        self.reloads = Counter(
+            "model_reloads_total", "Model versions swapped in.", registry=self.registry
+        )
+
+    def model_loaded(self, name: str, version: str, run_id: str | None, predictor: str) -> None:
+        self.model_info.clear()
+        self.model_info.labels(name, version, run_id or "", predictor).set(1)
+        try:
+            self.model_version.labels(name).set(float(version))
+        except ValueError:
+            self.model_version.labels(name).set(0)
+        self.model_ready.set(1)
+        self.reloads.inc()
+
+    def record_predictions(self, version: str, arrests: list[bool]) -> None:
+        positive = sum(arrests)
+        if positive:
+            self.predictions.labels(version, "true").inc(positive)
+        if len(arrests) - positive:
+            self.predictions.labels(version, "false").inc(len(arrests) - positive)
+        self.batch_size.observe(len(arrests))
+
+    def exposition(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class MetricsMiddleware:
+    """Counts requests and measures latency per route template (pure ASGI, low overhead)."""
+
+    def __init__(self, app: ASGIApp, metrics: ServerMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = [500]
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route: Any = scope.get("route")
+            endpoint = getattr(route, "path", None) or "unmatched"
+            method = scope.get("method", "")
+            self.metrics.requests.labels(endpoint, method, str(status[0])).inc()
+            self.metrics.latency.labels(endpoint, method).observe(time.perf_counter() - start)
