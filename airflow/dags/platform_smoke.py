@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 
+import psutil
 from airflow.sdk import dag, task
 
 
@@ -16,11 +17,13 @@ from airflow.sdk import dag, task
 )
 def platform_smoke():
     @task
-    def where_am_i() -> dict[str, str]:
-        return {"host": socket.gethostname()}
+    def where_am_i() -> dict[str, object]:
+        ancestors = [" ".join(p.cmdline()) for p in psutil.Process().parents()]
+        return {"host": socket.gethostname(),
+                "on_celery_worker": any("celery worker" in c for c in ancestors)}
 
     @task
-    def echo(info: dict[str, str]) -> str:
+    def echo(info: dict[str, object]) -> str:
         return f"ran on {info['host']}"
 
     echo(where_am_i())

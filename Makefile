@@ -1,0 +1,75 @@
+# Chicago crime MLOps platform. `make help` lists every target.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV      ?= .venv
+PY        := $(VENV)/bin/python
+PYTEST    := $(VENV)/bin/pytest
+APT_PKGS  := postgresql redis-server
+BROWSER_PKGS := chromium chromium-driver
+DATA      ?=
+MONTH     ?= 2018-06
+PYTEST_ARGS ?=
+
+.PHONY: help
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*?## "} /^[a-zA-Z0-9_-]+:.*?## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+# ---------------------------------------------------------------------------------------------
+# Native platform (no Docker): everything on 127.0.0.1 under supervisord, state in .local/
+# ---------------------------------------------------------------------------------------------
+.PHONY: install-native
+install-native: $(VENV)/.installed ## Install system packages (apt) and the pinned venv
+	@dpkg -s $(APT_PKGS) >/dev/null 2>&1 || { \
+	  echo "installing $(APT_PKGS) (apt)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PKGS) >/dev/null; }
+	@# Debian starts its own cluster/server on install; the platform runs its own copies.
+	@-pg_ctlcluster 15 main stop >/dev/null 2>&1; service redis-server stop >/dev/null 2>&1; true
+	@$(PY) scripts/gen_secrets.py .env
+
+$(VENV)/.installed: requirements.lock pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps -e .
+	@touch $@
+
+.PHONY: install-browser
+install-browser: ## Install Debian chromium for the real-browser checks
+	@dpkg -s $(BROWSER_PKGS) >/dev/null 2>&1 || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(BROWSER_PKGS) >/dev/null; }
+
+.PHONY: local-up
+local-up: install-native ## Start the whole platform natively and wait until healthy (idempotent)
+	$(PY) -m chicago_crime.stack up
+
+.PHONY: local-status
+local-status: ## One line per native service; non-zero exit if any is down
+	@$(PY) -m chicago_crime.stack status
+
+.PHONY: local-down
+local-down: ## Stop every native service (data is kept)
+	@$(PY) -m chicago_crime.stack down
+
+.PHONY: local-wipe
+local-wipe: ## Stop the native stack and delete its data (.local/)
+	@$(PY) -m chicago_crime.stack down --wipe
+
+.PHONY: local-logs
+local-logs: ## Tail of every native service log (.local/logs/)
+	@$(PY) -m chicago_crime.stack logs
+
+# ---------------------------------------------------------------------------------------------
+# Quality
+# ---------------------------------------------------------------------------------------------
+.PHONY: test
+test: local-up ## Install, start the native stack, run unit + integration tests
+	$(PYTEST) $(PYTEST_ARGS)
+
+.PHONY: test-unit
+test-unit: install-native ## Fast unit tests only (no services needed)
+	$(PYTEST) -m "not integration and not e2e" $(PYTEST_ARGS)
+
+.PHONY: lint
+lint: ## ruff on the whole repository
+	$(VENV)/bin/ruff check .
