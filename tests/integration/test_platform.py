@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import mlflow
 import pandas as pd
@@ -66,7 +67,7 @@ def test_mlflow_logs_a_run_and_an_artifact(stack_settings, tmp_path):
     assert got.data.metrics["answer"] == 42
     local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="note.txt",
                                                 dst_path=str(tmp_path / "dl"))
-    assert open(local).read() == "hello lake"
+    assert Path(local).read_text() == "hello lake"
     # The artifact really lives in the S3 bucket behind the proxied artifact store.
     keys = Lake(bucket=stack_settings.mlflow_bucket_name, settings=stack_settings).list_keys()
     assert any(k.endswith(f"{run.info.run_id}/artifacts/note.txt") for k in keys)
