@@ -701,7 +701,7 @@ class SmoteUnderSampler(BaseEstimator):
     """
 
     def __init__(self, smote_ratio: float = 0.5, final_ratio: float = 1.0, k_neighbors: int = 5,
-                 snap_max_levels: int | None = 64, random_state: int = 0) -> None:
+                 snap_max_levels: int | None = 5000, random_state: int = 0) -> None:
         self.smote_ratio = smote_ratio
         self.final_ratio = final_ratio
         self.k_neighbors = k_neighbors

@@ -1,0 +1,494 @@
+"""ETL stages of ``etl_with_taskflow`` after ingestion: one function per DAG task.
+
+Every stage reads the previous stage from the lake, writes its train/test Parquet, the fitted
+step (joblib) and a JSON report under ``2-processed-data/{YYYY-MM-DD}/{stage}/`` and returns a
+small dict (status, keys, row counts) that fits in an XCom. A missing or empty input gives
+``{"status": "no_data", ...}``, which the DAG turns into a skip.
+
+Reruns are idempotent: data, fitted steps and reports are byte-identical for the same inputs
+and seed (a report is rewritten only when something other than its timing changed).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+from chicago_crime import features as F
+from chicago_crime import layout
+from chicago_crime.config import Settings, get_settings
+from chicago_crime.lake import Lake
+
+log = logging.getLogger(__name__)
+
+OK = "ok"
+NO_DATA = "no_data"
+ID_COL = "id"
+#: Order of the stages after ingestion (``enrich`` is not a processed-data stage).
+STAGE_ORDER: tuple[str, ...] = ("enrich", *layout.STAGES)
+#: File name of each stage's fitted step.
+FITTED_NAMES: dict[str, str] = {
+    "outliers": "outliers.joblib", "encoded": "encoder.joblib", "scaled": "scaler.joblib",
+    "balanced": "balancer.joblib", "features": "selector.joblib",
+}
+_VOLATILE = ("seconds",)
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+def _ctx(lake: Lake | None, settings: Settings | None) -> tuple[Lake, Settings]:
+    s = settings or get_settings()
+    return (lake or Lake(settings=s)), s
+
+
+def enriched_report_key(month: str) -> str:
+    return layout.enriched_key(month).removesuffix(".csv") + "_report.json"
+
+
+def enricher_key(month: str) -> str:
+    return layout.enriched_key(month).removesuffix(".csv") + "_enricher.joblib"
+
+
+def report_key(month: str, stage: str) -> str:
+    return enriched_report_key(month) if stage == "enrich" \
+        else layout.stage_key(month, stage, "report.json")
+
+
+def _no_data(month: str, stage: str, reason: str) -> dict[str, Any]:
+    log.warning("%s %s: no data (%s)", stage, month, reason)
+    return {"status": NO_DATA, "stage": stage, "month": month, "reason": reason}
+
+
+def _balance(y: pd.Series) -> dict[str, Any]:
+    positives = int(y.sum())
+    return {"rows": len(y), "arrests": positives, "no_arrests": len(y) - positives,
+            "arrest_rate": round(positives / len(y), 6) if len(y) else None}
+
+
+def _write_report(lake: Lake, key: str, report: dict[str, Any]) -> None:
+    """Write ``report`` unless the stored one differs only in timings (keeps reruns no-ops)."""
+    if lake.exists(key):
+        try:
+            old = lake.read_json(key)
+        except ValueError:
+            old = None
+        if isinstance(old, dict):
+            strip = lambda r: {k: v for k, v in r.items() if k not in _VOLATILE}  # noqa: E731
+            fresh = json.loads(json.dumps(report, sort_keys=True, default=str))
+            if strip(old) == strip(fresh):
+                return
+    lake.write_json(key, report)
+
+
+def _write_parquet(lake: Lake, key: str, df: pd.DataFrame) -> None:
+    """Deterministic Parquet (no index, fixed column order) through the lake."""
+    lake.write_parquet(key, df.reset_index(drop=True))
+
+
+def _read_stage(lake: Lake, month: str, stage: str) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    keys = [layout.stage_key(month, stage, f"{part}.parquet") for part in ("train", "test")]
+    if not all(lake.exists(k) for k in keys):
+        return None
+    return lake.read_parquet(keys[0]), lake.read_parquet(keys[1])
+
+
+def _xy(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
+    X = df.drop(columns=[c for c in (F.TARGET, ID_COL) if c in df.columns])
+    return X, df[F.TARGET].astype(bool)
+
+
+def _join(X: pd.DataFrame, y: pd.Series) -> pd.DataFrame:
+    out = X.reset_index(drop=True).copy()
+    out[F.TARGET] = y.to_numpy(dtype=bool)
+    return out
+
+
+def read_window(lake: Lake, month: str) -> pd.DataFrame | None:
+    """The raw 12-month window as strings (None when missing)."""
+    key = layout.window_key(month)
+    if not lake.exists(key):
+        return None
+    return lake.read_csv(key, dtype=str, keep_default_na=False, na_values=[""])
+
+
+def read_stations(lake: Lake, month: str) -> pd.DataFrame:
+    key = layout.raw_stations_key(month)
+    if not lake.exists(key):
+        raise FileNotFoundError(f"police stations missing at {lake.uri(key)} (run ingestion)")
+    return lake.read_csv(key, dtype=str, keep_default_na=False, na_values=[""])
+
+
+def read_enriched(lake: Lake, month: str) -> pd.DataFrame | None:
+    """The enriched CSV with the enricher's dtypes (None when missing)."""
+    key = layout.enriched_key(month)
+    if not lake.exists(key):
+        return None
+    dtypes: dict[str, Any] = {c: str for c in (ID_COL, "date", *F.CATEGORICAL_COLUMNS)}
+    dtypes.update({c: float for c in F.NUMERIC_COLUMNS})
+    dtypes[F.TARGET] = str
+    df = lake.read_csv(key, dtype=dtypes, keep_default_na=False, na_values=[""],
+                       float_precision="round_trip")
+    for col in F.CATEGORICAL_COLUMNS:
+        df[col] = df[col].astype(object).where(df[col].notna(), None)
+    return df
+
+
+# --------------------------------------------------------------------------------------------
+# stages
+# --------------------------------------------------------------------------------------------
+def enrich_data(month: str, lake: Lake | None = None,
+                settings: Settings | None = None) -> dict[str, Any]:
+    """Raw window -> ``1-enriched-data/crimes_enriched_{stamp}.csv`` (+ enricher, report)."""
+    lake, settings = _ctx(lake, settings)
+    started = time.perf_counter()
+    raw = read_window(lake, month)
+    if raw is None:
+        return _no_data(month, "enrich", f"missing {layout.window_key(month)}")
+    if raw.empty:
+        return _no_data(month, "enrich", "the window has no rows")
+    enricher = F.CrimeEnricher(read_stations(lake, month)).fit()
+    enriched = enricher.transform(raw)
+    target = pd.Series(F._map_unique(raw[F.TARGET].to_numpy(dtype=object)
+                                     if F.TARGET in raw.columns else np.full(len(raw), None),
+                                     F.to_bool).astype(float))
+    out = pd.concat([raw[[c for c in (ID_COL, "date") if c in raw.columns]].reset_index(drop=True),
+                     enriched.reset_index(drop=True)], axis=1)
+    out[F.TARGET] = target.map({1.0: "true", 0.0: "false"})
+    key = layout.enriched_key(month)
+    lake.write_csv(key, out)
+    lake.write_object(enricher_key(month), enricher)
+    labelled = target.dropna().astype(bool)
+    report = {
+        "stage": "enrich", "month": month, "source": layout.window_key(month),
+        "outputs": {"enriched": key, "enricher": enricher_key(month)},
+        "rows_in": len(raw), "rows_out": len(out), "columns": list(out.columns),
+        "missing_coordinates": int(enriched[F.DIST_COL].isna().sum()),
+        "missing_target": int(target.isna().sum()),
+        "stations": len(enricher.station_district_),
+        "class_balance": _balance(labelled),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    _write_report(lake, enriched_report_key(month), report)
+    return {"status": OK, "stage": "enrich", "month": month, "rows": {"all": len(out)},
+            "keys": {"enriched": key, "report": enriched_report_key(month)},
+            "seconds": report["seconds"]}
+
+
+def split_positions(y: pd.Series, settings: Settings) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified, seeded train/test positions (sorted) for a boolean target."""
+    positions = np.arange(len(y))
+    train, test = train_test_split(positions, test_size=settings.test_size,
+                                   stratify=y.to_numpy(), random_state=settings.random_seed)
+    return np.sort(train), np.sort(test)
+
+
+def split_data(month: str, lake: Lake | None = None,
+               settings: Settings | None = None) -> dict[str, Any]:
+    """Enriched CSV -> ``split/{train,test}.parquet``: 80/20 stratified on ``arrest``, seeded."""
+    lake, settings = _ctx(lake, settings)
+    started = time.perf_counter()
+    df = read_enriched(lake, month)
+    if df is None:
+        return _no_data(month, "split", f"missing {layout.enriched_key(month)}")
+    rows_in = len(df)
+    df = df[df[F.TARGET].isin(["true", "false"])].reset_index(drop=True)
+    y = df[F.TARGET] == "true"
+    if len(df) < 10 or y.nunique() < 2 or min(y.sum(), (~y).sum()) < 2:
+        return _no_data(month, "split", f"{len(df)} labelled rows, too few to split")
+    train_pos, test_pos = split_positions(y, settings)
+    columns = [c for c in (ID_COL,) if c in df.columns] + list(F.ENRICHED_COLUMNS)
+    frame = df[columns].copy()
+    frame[F.TARGET] = y.to_numpy()
+    train, test = frame.iloc[train_pos], frame.iloc[test_pos]
+    return _finish(lake, month, "split", started, train, test, fitted=None,
+                   source=[layout.enriched_key(month)], rows_in={"all": rows_in},
+                   details={"test_size": settings.test_size, "seed": settings.random_seed,
+                            "dropped_unlabelled": rows_in - len(df)})
+
+
+def _finish(lake: Lake, month: str, stage: str, started: float, train: pd.DataFrame,
+            test: pd.DataFrame, fitted: Any, source: list[str], rows_in: dict[str, int],
+            details: dict[str, Any] | None = None, test_bytes: bytes | None = None,
+            ) -> dict[str, Any]:
+    keys = {part: layout.stage_key(month, stage, f"{part}.parquet") for part in ("train", "test")}
+    _write_parquet(lake, keys["train"], train)
+    if test_bytes is not None:
+        lake.put_bytes(keys["test"], test_bytes, "application/vnd.apache.parquet")
+    else:
+        _write_parquet(lake, keys["test"], test)
+    if fitted is not None:
+        keys["fitted"] = layout.stage_key(month, stage, FITTED_NAMES[stage])
+        lake.write_object(keys["fitted"], fitted)
+    keys["report"] = report_key(month, stage)
+    report = {
+        "stage": stage, "month": month, "source": source,
+        "outputs": {k: v for k, v in keys.items() if k != "report"},
+        "rows_in": rows_in, "rows_out": {"train": len(train), "test": len(test)},
+        "columns": [c for c in train.columns if c not in (F.TARGET, ID_COL)],
+        "class_balance": {"train": _balance(train[F.TARGET].astype(bool)),
+                          "test": _balance(test[F.TARGET].astype(bool))},
+        "details": details or {},
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    _write_report(lake, keys["report"], report)
+    return {"status": OK, "stage": stage, "month": month,
+            "rows": {"train": len(train), "test": len(test)}, "keys": keys,
+            "seconds": report["seconds"]}
+
+
+def _fitted_stage(month: str, stage: str, source_stage: str, lake: Lake, settings: Settings,
+                  make_step: Callable[[Settings], Any],
+                  describe: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+    """Fit a step on the previous stage's train set; transform train and test with it."""
+    started = time.perf_counter()
+    data = _read_stage(lake, month, source_stage)
+    if data is None:
+        return _no_data(month, stage, f"missing {source_stage} stage output")
+    train, test = data
+    X_train, y_train = _xy(train)
+    X_test, y_test = _xy(test)
+    step = make_step(settings)
+    Xt_train = step.fit_transform(X_train, y_train)
+    Xt_test = step.transform(X_test)
+    return _finish(lake, month, stage, started, _join(Xt_train, y_train), _join(Xt_test, y_test),
+                   fitted=step,
+                   source=[layout.stage_key(month, source_stage, f"{p}.parquet")
+                           for p in ("train", "test")],
+                   rows_in={"train": len(train), "test": len(test)}, details=describe(step))
+
+
+def process_outliers(month: str, lake: Lake | None = None,
+                     settings: Settings | None = None) -> dict[str, Any]:
+    """Log1p + Tukey clipping + median imputation fitted on train (rows never dropped)."""
+    lake, settings = _ctx(lake, settings)
+    return _fitted_stage(
+        month, "outliers", "split", lake, settings, lambda s: F.OutlierHandler(),
+        lambda st: {"bounds": st.bounds_, "medians": st.medians_,
+                    "clipped_train_rows": st.n_clipped_},
+    )
+
+
+def encode_data(month: str, lake: Lake | None = None,
+                settings: Settings | None = None) -> dict[str, Any]:
+    """One-hot / frequency / target encoding fitted on train."""
+    lake, settings = _ctx(lake, settings)
+    return _fitted_stage(
+        month, "encoded", "outliers", lake, settings,
+        lambda s: F.CrimeEncoder(random_state=s.random_seed),
+        lambda st: {"onehot": st.onehot_, "frequency_columns": list(st.frequency_),
+                    "target_columns": st.target_columns_,
+                    "categories": {c: len(m) for c, m in st.target_maps_.items()},
+                    "train_arrest_rate": st.target_mean_},
+    )
+
+
+def scale_data(month: str, lake: Lake | None = None,
+               settings: Settings | None = None) -> dict[str, Any]:
+    """StandardScaler fitted on train."""
+    lake, settings = _ctx(lake, settings)
+    return _fitted_stage(
+        month, "scaled", "encoded", lake, settings,
+        lambda s: F.RecordScaler().set_output(transform="pandas"),
+        lambda st: {"mean": dict(zip(st.feature_names_in_.tolist(), st.mean_.tolist(),
+                                     strict=True)),
+                    "scale": dict(zip(st.feature_names_in_.tolist(), st.scale_.tolist(),
+                                      strict=True))},
+    )
+
+
+def balance_data(month: str, lake: Lake | None = None, settings: Settings | None = None,
+                 smote_ratio: float = 0.5, final_ratio: float = 1.0) -> dict[str, Any]:
+    """SMOTE + random under-sampling of the train set; the test set is copied unchanged."""
+    lake, settings = _ctx(lake, settings)
+    started = time.perf_counter()
+    test_key = layout.stage_key(month, "scaled", "test.parquet")
+    data = _read_stage(lake, month, "scaled")
+    if data is None:
+        return _no_data(month, "balanced", "missing scaled stage output")
+    train, test = data
+    X, y = _xy(train)
+    balancer = F.make_balancer(settings.random_seed, smote_ratio, final_ratio)
+    X_res, y_res = balancer.fit_resample(X, y)
+    return _finish(
+        lake, month, "balanced", started, _join(X_res, pd.Series(y_res)), test, fitted=balancer,
+        source=[layout.stage_key(month, "scaled", "train.parquet"), test_key],
+        rows_in={"train": len(train), "test": len(test)},
+        details={"smote_ratio": smote_ratio, "final_ratio": final_ratio,
+                 "counts_before": balancer.counts_before_, "counts_after": balancer.counts_after_,
+                 "test_resampled": False},
+        test_bytes=lake.get_bytes(test_key),
+    )
+
+
+def extract_features(month: str, lake: Lake | None = None, settings: Settings | None = None,
+                     k: int | None = 20) -> dict[str, Any]:
+    """Mutual-information selection fitted on the balanced train set; scores recorded."""
+    lake, settings = _ctx(lake, settings)
+    started = time.perf_counter()
+    data = _read_stage(lake, month, "balanced")
+    if data is None:
+        return _no_data(month, "features", "missing balanced stage output")
+    train, test = data
+    X_train, y_train = _xy(train)
+    X_test, y_test = _xy(test)
+    selector = F.make_selector(settings.random_seed, k=k).fit(X_train, y_train)
+    result = _finish(
+        lake, month, "features", started, _join(selector.transform(X_train), y_train),
+        _join(selector.transform(X_test), y_test), fitted=selector,
+        source=[layout.stage_key(month, "balanced", f"{p}.parquet") for p in ("train", "test")],
+        rows_in={"train": len(train), "test": len(test)},
+        details={"selected": selector.selected_,
+                 "scores": {k_: round(v, 6) for k_, v in sorted(
+                     selector.scores_.items(), key=lambda kv: -kv[1])},
+                 "k": k},
+    )
+    result["features"] = list(selector.selected_)
+    return result
+
+
+STAGE_FUNCTIONS: dict[str, Callable[..., dict[str, Any]]] = {
+    "enrich": enrich_data, "split": split_data, "outliers": process_outliers,
+    "encoded": encode_data, "scaled": scale_data, "balanced": balance_data,
+    "features": extract_features,
+}
+
+
+def run_all(month: str, lake: Lake | None = None,
+            settings: Settings | None = None) -> dict[str, dict[str, Any]]:
+    """Run every stage in order (outside Airflow: CLI, notebooks, benchmarks)."""
+    lake, settings = _ctx(lake, settings)
+    results: dict[str, dict[str, Any]] = {}
+    for stage, func in STAGE_FUNCTIONS.items():
+        results[stage] = func(month, lake, settings)
+        if results[stage]["status"] != OK:
+            break
+    return results
+
+
+def split_raw_window(month: str, lake: Lake | None = None, settings: Settings | None = None,
+                     ) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """The raw window's records split exactly as ``split_data`` split them (by ``id``).
+
+    For training the served pipeline on raw records with the ETL's train/test partition.
+    """
+    lake, settings = _ctx(lake, settings)
+    raw = read_window(lake, month)
+    data = _read_stage(lake, month, "split")
+    if raw is None or data is None:
+        return None
+    ids = raw[ID_COL].astype(str)
+    train_ids, test_ids = (set(d[ID_COL].astype(str)) for d in data)
+    return (raw[ids.isin(train_ids)].reset_index(drop=True),
+            raw[ids.isin(test_ids)].reset_index(drop=True))
+
+
+# --------------------------------------------------------------------------------------------
+# data-quality run in MLflow
+# --------------------------------------------------------------------------------------------
+def load_reports(month: str, lake: Lake | None = None,
+                 settings: Settings | None = None) -> dict[str, dict[str, Any]]:
+    """The stage reports stored in the lake for ``month`` (missing stages are left out)."""
+    lake, _ = _ctx(lake, settings)
+    out: dict[str, dict[str, Any]] = {}
+    for stage in STAGE_ORDER:
+        key = report_key(month, stage)
+        if lake.exists(key):
+            out[stage] = lake.read_json(key)
+    return out
+
+
+def _quality_metrics(reports: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
+    metrics: dict[str, float] = {}
+    for stage, rep in reports.items():
+        if not isinstance(rep, Mapping):
+            continue
+        if "seconds" in rep and rep["seconds"] is not None:
+            metrics[f"seconds_{stage}"] = float(rep["seconds"])
+        for direction in ("rows_in", "rows_out"):
+            value = rep.get(direction)
+            if isinstance(value, Mapping):
+                for part, n in value.items():
+                    metrics[f"{direction}_{stage}_{part}"] = float(n)
+            elif isinstance(value, int | float):
+                metrics[f"{direction}_{stage}"] = float(value)
+        balance = rep.get("class_balance")
+        if isinstance(balance, Mapping) and "arrest_rate" in balance:
+            if balance["arrest_rate"] is not None:
+                metrics[f"arrest_rate_{stage}"] = float(balance["arrest_rate"])
+        elif isinstance(balance, Mapping):
+            for part, b in balance.items():
+                if isinstance(b, Mapping) and b.get("arrest_rate") is not None:
+                    metrics[f"arrest_rate_{stage}_{part}"] = float(b["arrest_rate"])
+        for key, value in rep.items():  # ingest report: invalid / quarantined / missing counts
+            if isinstance(value, int | float) and not isinstance(value, bool) and any(
+                    word in key for word in ("invalid", "quarantin", "missing", "duplicate")):
+                metrics[f"{stage}_{key}"] = float(value)
+    if "arrest_rate_split_train" in metrics:
+        metrics["arrest_rate_before_balancing"] = metrics["arrest_rate_split_train"]
+    if "arrest_rate_balanced_train" in metrics:
+        metrics["arrest_rate_after_balancing"] = metrics["arrest_rate_balanced_train"]
+    metrics["seconds_total"] = sum(v for k, v in metrics.items() if k.startswith("seconds_"))
+    return metrics
+
+
+def log_quality_run(month: str, reports: Mapping[str, Mapping[str, Any]] | None = None,
+                    settings: Settings | None = None, lake: Lake | None = None,
+                    ingest_report: Mapping[str, Any] | None = None) -> str:
+    """Log one data-quality run for ``month`` in ``settings.etl_experiment``; return its id.
+
+    ``reports`` maps stage -> report (the stage results or the stored reports; read from the
+    lake when omitted). Each DAG run logs a new run named ``etl-YYYY-MM`` tagged
+    ``month=YYYY-MM`` and ``latest=true``; earlier runs of that month are re-tagged
+    ``latest=false``, so ``tags.month = '...' and tags.latest = 'true'`` finds the current one.
+    """
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.tracking import MlflowClient
+
+    settings = settings or get_settings()
+    if reports is None:
+        reports = load_reports(month, lake, settings)
+    reports = dict(reports)
+    if ingest_report is not None:
+        reports["ingest"] = ingest_report
+    client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+    experiment = client.get_experiment_by_name(settings.etl_experiment)
+    experiment_id = experiment.experiment_id if experiment is not None \
+        else client.create_experiment(settings.etl_experiment)
+    previous = client.search_runs(
+        [experiment_id], filter_string=f"tags.month = '{month}' and tags.latest = 'true'")
+    run = client.create_run(experiment_id, run_name=f"etl-{month}",
+                            tags={"month": month, "latest": "true", "kind": "data-quality"})
+    run_id = run.info.run_id
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, v, now, 0) for k, v in sorted(_quality_metrics(reports).items())]
+    params = [Param("month", month), Param("random_seed", str(settings.random_seed)),
+              Param("test_size", str(settings.test_size)),
+              Param("stages", ",".join(s for s in STAGE_ORDER if s in reports))]
+    features = reports.get("features", {})
+    selected = (features.get("details") or {}).get("selected") or features.get("features")
+    if selected:
+        params.append(Param("selected_features", ",".join(selected)[:6000]))
+    client.log_batch(run_id, metrics=metrics, params=params,
+                     tags=[RunTag("window", layout.window_key(month))])
+    client.log_dict(run_id, {k: dict(v) for k, v in reports.items()}, "reports.json")
+    client.set_terminated(run_id)
+    for old in previous:
+        client.set_tag(old.info.run_id, "latest", "false")
+        client.set_tag(old.info.run_id, "superseded_by", run_id)
+    return run_id
+
+
+def parquet_bytes(df: pd.DataFrame) -> bytes:
+    """The exact bytes :meth:`Lake.write_parquet` stores for ``df`` (for determinism checks)."""
+    buf = io.BytesIO()
+    df.reset_index(drop=True).to_parquet(buf, index=False, engine="pyarrow")
+    return buf.getvalue()
