@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from chicago_crime.config import Settings
-from chicago_crime.predict import Predictor, fast_path_parts, make_predictor
+from chicago_crime.predict import Predictor, make_predictor
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +100,15 @@ def _json_list(value: Any) -> list[str] | None:
 
 
 def _model_features(model: Any) -> list[str] | None:
-    parts = fast_path_parts(model)
-    final = parts[1] if parts else getattr(model, "steps", [[None, model]])[-1][1]
+    """Names of the final estimator's inputs, read from the fitted pipeline (best effort)."""
+    steps = getattr(model, "steps", None)
+    final = steps[-1][1] if steps else model
     names = getattr(final, "feature_names_in_", None)
+    if names is None and steps and len(steps) > 1:
+        try:
+            names = model[:-1].get_feature_names_out()
+        except Exception:  # not every transformer names its outputs
+            names = None
     return [str(n) for n in names] if names is not None else None
 
 

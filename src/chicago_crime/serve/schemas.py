@@ -22,7 +22,6 @@ LONGITUDE_RANGE = (-88.00, -87.50)
 #: The same box in the data's own X/Y (EPSG:3435, Illinois East, US feet).
 X_RANGE = (1_050_000.0, 1_250_000.0)
 Y_RANGE = (1_780_000.0, 1_980_000.0)
-DATE_RANGE = (datetime(2001, 1, 1), datetime(2100, 1, 1))
 PORTAL_EXPORT_DATE_FORMAT = "%m/%d/%Y %I:%M:%S %p"
 
 OPTIONAL_FIELDS: tuple[str, ...] = (
@@ -186,11 +185,10 @@ class CrimeRecord(BaseModel):
     @classmethod
     def _local_date(cls, value: datetime) -> datetime:
         if value.tzinfo is not None:
-            value = value.astimezone(CHICAGO_TZ).replace(tzinfo=None)
-        if not DATE_RANGE[0] <= value < DATE_RANGE[1]:
-            raise ValueError(
-                f"date must be between {DATE_RANGE[0]:%Y-%m-%d} and {DATE_RANGE[1]:%Y-%m-%d}"
-            )
+            try:
+                value = value.astimezone(CHICAGO_TZ).replace(tzinfo=None)
+            except (OverflowError, OSError) as exc:
+                raise ValueError("date is out of range") from exc
         return value
 
     @field_validator("primary_type", "description", "location_description", mode="after")
