@@ -1,0 +1,150 @@
+#!/usr/bin/env python3
+"""Fill the empty secrets of ``.env`` in place (``make install``, ``make install-native``).
+
+    python scripts/gen_secrets.py [.env] [--airflow-uid auto|UID]
+
+* ``AIRFLOW_JWT_SECRET``: 64 random bytes, URL-safe base64 (Airflow wants >= 64 bytes).
+* ``AIRFLOW_FERNET_KEY``: a Fernet key (32 random bytes, URL-safe base64, as
+  ``cryptography.fernet.Fernet.generate_key()`` makes it).
+* ``API_KEY``: 32 random bytes, URL-safe base64 (guards ``POST /model/reload``).
+
+A value that is already set is never touched, so running it again changes nothing. A secret
+whose line is missing is appended. Only the standard library is used: Docker-only users need
+no virtualenv. ``--airflow-uid auto`` writes the caller's uid into ``AIRFLOW_UID`` on Linux
+(files the containers write into ``./airflow/logs`` then belong to the user); as root, or on
+macOS/Windows where Docker Desktop maps ownership, the value in ``.env`` is kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import re
+import secrets
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+
+def jwt_secret() -> str:
+    """>= 64 random bytes, URL-safe (Airflow's ``[api_auth] jwt_secret``)."""
+    return secrets.token_urlsafe(64)
+
+
+def fernet_key() -> str:
+    """A valid ``cryptography`` Fernet key: 32 random bytes, URL-safe base64."""
+    return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode("ascii")
+
+
+def api_key() -> str:
+    """Key of the model server's admin endpoints."""
+    return secrets.token_urlsafe(32)
+
+
+GENERATORS: dict[str, Callable[[], str]] = {
+    "AIRFLOW_JWT_SECRET": jwt_secret,
+    "AIRFLOW_FERNET_KEY": fernet_key,
+    "API_KEY": api_key,
+}
+
+_LINE = re.compile(
+    r"^(?P<export>\s*(?:export\s+)?)(?P<key>[A-Za-z_][A-Za-z0-9_]*)\s*=(?P<value>.*)$")
+
+
+def _is_empty(raw: str) -> bool:
+    value = raw.split(" #", 1)[0].strip()
+    return value in {"", '""', "''"}
+
+
+def fill_secrets(text: str, generators: dict[str, Callable[[], str]] | None = None,
+                 overrides: dict[str, str] | None = None) -> tuple[str, list[str]]:
+    """Return ``text`` with empty secrets filled (and ``overrides`` applied) and the names changed.
+
+    Comments, order and every other line are kept byte for byte.
+    """
+    generators = GENERATORS if generators is None else generators
+    overrides = overrides or {}
+    lines = text.splitlines(keepends=True)
+    seen: set[str] = set()
+    changed: list[str] = []
+    for i, line in enumerate(lines):
+        m = _LINE.match(line.rstrip("\r\n"))
+        if not m:
+            continue
+        key = m["key"]
+        seen.add(key)
+        newline = line[len(line.rstrip("\r\n")):]
+        if key in overrides:
+            if m["value"].strip() != overrides[key]:
+                lines[i] = f"{m['export']}{key}={overrides[key]}{newline}"
+                changed.append(key)
+        elif key in generators and _is_empty(m["value"]):
+            lines[i] = f"{m['export']}{key}={generators[key]()}{newline}"
+            changed.append(key)
+    missing = [k for k in (*generators, *overrides) if k not in seen]
+    if missing:
+        if lines and not lines[-1].endswith("\n"):
+            lines[-1] += "\n"
+        for key in missing:
+            value = overrides[key] if key in overrides else generators[key]()
+            lines.append(f"{key}={value}\n")
+            changed.append(key)
+    return "".join(lines), changed
+
+
+def auto_airflow_uid() -> str | None:
+    """The uid the Airflow containers should run as, or None to keep ``.env``'s value."""
+    if not sys.platform.startswith("linux"):
+        return None
+    uid = os.getuid()
+    return None if uid == 0 else str(uid)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` in one rename, keeping its permission bits."""
+    mode = path.stat().st_mode & 0o777 if path.exists() else 0o600
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("env_file", nargs="?", default=".env", type=Path)
+    parser.add_argument("--airflow-uid", metavar="auto|UID",
+                        help="set AIRFLOW_UID: 'auto' = your uid on Linux (not root)")
+    args = parser.parse_args(argv)
+
+    path: Path = args.env_file
+    if not path.is_file():
+        print(f"error: {path} not found (copy it from the repository)", file=sys.stderr)
+        return 1
+    overrides: dict[str, str] = {}
+    if args.airflow_uid:
+        uid = auto_airflow_uid() if args.airflow_uid == "auto" else args.airflow_uid
+        if uid is not None:
+            if not uid.isdigit():
+                print(f"error: --airflow-uid must be 'auto' or a number, got {uid!r}",
+                      file=sys.stderr)
+                return 1
+            overrides["AIRFLOW_UID"] = uid
+    text = path.read_text(encoding="utf-8")
+    new_text, changed = fill_secrets(text, overrides=overrides)
+    if changed:
+        write_atomic(path, new_text)
+        print(f"{path}: set {', '.join(changed)}")
+    else:
+        print(f"{path}: secrets already set, nothing to do")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
