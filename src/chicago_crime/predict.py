@@ -124,16 +124,60 @@ def _feature_order(transformers: list[Any], final: Any) -> list[str]:
     return [str(n) for n in names]
 
 
+def _scores(estimator: Any, x: np.ndarray) -> np.ndarray:
+    """``_get_response_values(estimator, x, ["decision_function", "predict_proba"])`` (binary).
+
+    Linear classifiers are evaluated as ``x @ coef_.T + intercept_`` (what their
+    ``decision_function`` computes after input validation); others through their own methods.
+    """
+    from sklearn.linear_model._base import LinearClassifierMixin
+
+    if isinstance(estimator, LinearClassifierMixin) and not hasattr(estimator, "steps"):
+        coef = estimator.coef_
+        scores = x @ (coef.T if coef.ndim == 2 else coef) + estimator.intercept_
+        return scores.reshape(-1) if scores.ndim > 1 and scores.shape[1] == 1 else scores
+    if hasattr(estimator, "decision_function"):
+        return np.asarray(estimator.decision_function(x))
+    return np.asarray(estimator.predict_proba(x))[:, -1]
+
+
+def _lean_calibrated(calibrated: Any, x: np.ndarray) -> np.ndarray | None:
+    """One ``_CalibratedClassifier.predict_proba`` for the binary sigmoid/isotonic case."""
+    from scipy.special import expit
+    from sklearn.calibration import _SigmoidCalibration
+
+    if len(calibrated.classes) != 2 or calibrated.method not in ("sigmoid", "isotonic"):
+        return None
+    scores = _scores(calibrated.estimator, x)
+    if scores.ndim != 1:
+        return None
+    calibrator = calibrated.calibrators[0]
+    if isinstance(calibrator, _SigmoidCalibration):
+        positive = expit(-(calibrator.a_ * scores + calibrator.b_))
+    else:
+        positive = calibrator.predict(scores)
+    proba = np.zeros((x.shape[0], 2))
+    proba[:, 1] = positive
+    proba[:, 0] = 1.0 - proba[:, 1]
+    proba[(proba > 1.0) & (proba <= 1.0 + 1e-5)] = 1.0
+    return proba
+
+
 def _calibrated_proba(final: Any, x: np.ndarray) -> np.ndarray:
-    """``CalibratedClassifierCV.predict_proba`` without its per-call validation overhead."""
+    """``final.predict_proba(x)``; for ``CalibratedClassifierCV`` without per-call overhead.
+
+    The calibrated classifiers are averaged exactly as sklearn does; each one is evaluated
+    with the same arithmetic as ``_CalibratedClassifier.predict_proba`` for binary
+    sigmoid/isotonic calibration (sklearn's own method otherwise).
+    """
     from sklearn.calibration import CalibratedClassifierCV
 
     if not isinstance(final, CalibratedClassifierCV):
         return final.predict_proba(x)
-    # Same arithmetic as sklearn: the mean of the calibrated classifiers' probabilities.
     mean_proba = np.zeros((x.shape[0], final.classes_.shape[0]))
     for calibrated in final.calibrated_classifiers_:
-        mean_proba += calibrated.predict_proba(x)
+        proba = _lean_calibrated(calibrated, x)
+        mean_proba += calibrated.predict_proba(x) if proba is None else proba
     mean_proba /= len(final.calibrated_classifiers_)
     return mean_proba
 
@@ -201,7 +245,7 @@ def make_predictor(
     check_records: Sequence[Mapping[str, Any]] = (),
     *,
     prefer_fast: bool = True,
-    pandas_above: int | None = 256,
+    pandas_above: int | None = 32,
 ) -> Predictor:
     """The best predictor for ``model``.
 
