@@ -8,6 +8,8 @@ PYTEST    := $(VENV)/bin/pytest
 APT_PKGS  := postgresql redis-server
 BROWSER_PKGS := chromium chromium-driver
 DATA      ?=
+# Folder of real portal exports used by the tests (served by the Socrata replay server).
+TEST_DATA ?= ../shared/data/chicago
 MONTH     ?= 2018-06
 PYTEST_ARGS ?=
 
@@ -40,8 +42,8 @@ install-browser: ## Install Debian chromium for the real-browser checks
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(BROWSER_PKGS) >/dev/null; }
 
 .PHONY: local-up
-local-up: install-native ## Start the whole platform natively and wait until healthy (idempotent)
-	$(PY) -m chicago_crime.stack up
+local-up: install-native ## Start the whole platform natively (DATA=folder serves portal exports offline)
+	REPLAY_DATA_DIR="$(DATA)" $(PY) -m chicago_crime.stack up
 
 .PHONY: local-status
 local-status: ## One line per native service; non-zero exit if any is down
@@ -63,12 +65,17 @@ local-logs: ## Tail of every native service log (.local/logs/)
 # Quality
 # ---------------------------------------------------------------------------------------------
 .PHONY: test
-test: local-up ## Install, start the native stack, run unit + integration tests
-	$(PYTEST) $(PYTEST_ARGS)
+test: ## Install, start the native stack (replaying TEST_DATA), run unit + integration tests
+	$(MAKE) --no-print-directory local-up DATA="$(TEST_DATA)"
+	CHICAGO_DATA_DIR="$(TEST_DATA)" $(PYTEST) $(PYTEST_ARGS)
 
 .PHONY: test-unit
 test-unit: install-native ## Fast unit tests only (no services needed)
 	$(PYTEST) -m "not integration and not e2e" $(PYTEST_ARGS)
+
+.PHONY: replay
+replay: install-native ## Serve a folder of portal exports as a Socrata API (DATA=../shared/data/chicago)
+	$(PY) -m chicago_crime.replay --data "$(or $(DATA),$(TEST_DATA))" --port 8765
 
 .PHONY: lint
 lint: ## ruff on the whole repository

@@ -50,7 +50,8 @@ AIRFLOW_SERVICES = (
     "airflow-triggerer", "airflow-worker",
 )
 APP_SERVICES = ("mlflow", *AIRFLOW_SERVICES, "api")
-ALL_SERVICES = BASE_SERVICES + APP_SERVICES
+# Optional: a Socrata replay server over a folder of portal exports (offline data source).
+REPLAY = "replay"
 
 
 class StackError(RuntimeError):
@@ -105,9 +106,23 @@ def stack_env() -> dict[str, str]:
             "connections_file_path": str(REPO / "secrets" / "connections.yaml"),
         }),
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        "REPLAY_PORT": env.get("REPLAY_PORT", "8765"),
         "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1"),
     })
+    data = env.get("REPLAY_DATA_DIR", "").strip()
+    if data:
+        folder = Path(data).expanduser().resolve()
+        if not (folder / "crimes").is_dir():
+            raise StackError(f"REPLAY_DATA_DIR={data}: no crimes/ folder of portal exports there")
+        env["REPLAY_DATA_DIR"] = str(folder)
+        env["SOCRATA_BASE_URL"] = f"http://{host}:{env['REPLAY_PORT']}"
     return env
+
+
+def services(env: dict[str, str]) -> tuple[str, ...]:
+    """Every service of this configuration (the replay server only when a folder is set)."""
+    extra = (REPLAY,) if env.get("REPLAY_DATA_DIR") else ()
+    return BASE_SERVICES + extra + APP_SERVICES
 
 
 # -- supervisor configuration ------------------------------------------------------------------
@@ -166,6 +181,10 @@ def supervisor_conf(env: dict[str, str]) -> str:
         _program("api", f"{b / 'uvicorn'} chicago_crime.serve.app:app --host 127.0.0.1"
                  f" --port {env['FASTAPI_PORT']} --workers 1", autostart=False),
     ]
+    if env.get("REPLAY_DATA_DIR"):
+        programs.append(_program(
+            REPLAY, f"{b / 'python'} -m chicago_crime.replay --data {env['REPLAY_DATA_DIR']}"
+            f" --host 127.0.0.1 --port {env['REPLAY_PORT']}", autostart=True))
     head = f"""[unix_http_server]
 file={SOCKET}
 chmod=0700
@@ -292,6 +311,9 @@ def app_probe(name: str, env: dict[str, str]) -> tuple[bool, str]:
         return _celery_ping(env)
     if name == "api":
         return _http_ok(f"http://127.0.0.1:{env['FASTAPI_PORT']}/health")
+    if name == REPLAY:
+        ok = _port_open(int(env["REPLAY_PORT"]))
+        return ok, f"serving {env.get('REPLAY_DATA_DIR')}" if ok else "replay port closed"
     raise KeyError(name)
 
 
@@ -315,7 +337,7 @@ def _tail(path: Path, lines: int) -> str:
 def probe_all(env: dict[str, str]) -> list[Probe]:
     states = _states()
     out = []
-    for name in ALL_SERVICES:
+    for name in services(env):
         state = states.get(name, "NOT-STARTED")
         if state == "RUNNING":
             healthy, detail = app_probe(name, env)
@@ -401,6 +423,14 @@ def _airflow_passwords(env: dict[str, str]) -> None:
     os.chmod(path, 0o600)
 
 
+def _fingerprint(env: dict[str, str]) -> str:
+    """The part of the environment the services depend on (.env names and derived settings)."""
+    names = set(dotenv_values(REPO / ".env")) | {"REPLAY_DATA_DIR", "SOCRATA_BASE_URL"}
+    relevant = {k: v for k, v in env.items()
+                if k in names or k.startswith(("AIRFLOW", "MLFLOW", "AWS_", "REPLAY"))}
+    return json.dumps(relevant, sort_keys=True)
+
+
 # -- commands ----------------------------------------------------------------------------------
 def up(timeout: float = 240.0) -> int:
     """Start (or complete) the native stack and wait until every service is healthy."""
@@ -414,6 +444,11 @@ def up(timeout: float = 240.0) -> int:
     _initdb(env)
     _write_s3_identities(env)
     _airflow_passwords(env)
+    fingerprint = _fingerprint(env)
+    fp_file = STATE / "run" / "env.json"
+    if supervisor_running() and (not fp_file.exists() or fp_file.read_text() != fingerprint):
+        print("configuration changed since the stack started: restarting it", flush=True)
+        down()
     SUPERVISOR_CONF.write_text(supervisor_conf(env))
     if supervisor_running():
         _ctl("reread")
@@ -426,9 +461,12 @@ def up(timeout: float = 240.0) -> int:
             raise StackError(f"ports already in use by something else: {', '.join(busy)}")
         _run([str(VENV_BIN / "supervisord"), "-c", str(SUPERVISOR_CONF)], env=env)
         _wait("supervisord", supervisor_running, 20)
-    print("starting base services: postgres, redis, s3", flush=True)
-    _ctl("start", *BASE_SERVICES)
-    for name in BASE_SERVICES:
+        fp_file.write_text(fingerprint)
+        os.chmod(fp_file, 0o600)
+    base = tuple(n for n in services(env) if n not in APP_SERVICES)
+    print(f"starting base services: {', '.join(base)}", flush=True)
+    _ctl("start", *base)
+    for name in base:
         _wait(name, lambda n=name: app_probe(n, env)[0], 60)
     _ensure_databases(env)
     _ensure_buckets(env)
@@ -469,6 +507,9 @@ def print_urls(env: dict[str, str]) -> None:
   Broker (redis)  redis://{h}:{env['VALKEY_PORT']}/0
   Logs            {LOGS}/
 """, flush=True)  # noqa: E501
+    if env.get("REPLAY_DATA_DIR"):
+        print(f"  Socrata replay  {env['SOCRATA_BASE_URL']}   serving {env['REPLAY_DATA_DIR']}"
+              " (instead of the live portal)\n", flush=True)
 
 
 def status(env: dict[str, str] | None = None) -> int:
