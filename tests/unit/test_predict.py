@@ -210,3 +210,29 @@ def test_nested_pipeline_and_large_batches_use_pandas_threshold(real) -> None:
     small = [predictor.predict_proba_records([r])[0] for r in records[:100]]
     np.testing.assert_allclose(big, small, atol=1e-12)
     assert predictor.predict_proba_records([]) == []
+
+
+def test_fast_path_matches_the_feature_pipeline_on_real_records(shared_data) -> None:
+    """The platform's own feature steps + balancing + selection + calibration (issue #7)."""
+    from chicago_crime import features
+    from chicago_crime.portal import snake_case
+
+    stations = pd.read_csv(shared_data / "police_stations.csv", dtype=str)
+    stations.columns = [snake_case(c) for c in stations.columns]
+    raw = read_export(crimes_export_path(shared_data, "2018-04")).head(6000)
+    raw = raw.astype(object).where(raw.notna(), None)
+    records = [CrimeRecord.model_validate(r).model_input() for r in raw.to_dict("records")]
+    labels = (raw["arrest"] == "true").to_numpy()
+    model = ImbPipeline(features.make_feature_steps(stations) + [
+        ("balance", features.make_balancer()),
+        ("select", features.make_selector(k=15)),
+        ("clf", CalibratedClassifierCV(LogisticRegression(max_iter=1000), cv=3)),
+    ]).fit(records_frame(records[:3000]), labels[:3000])
+    held_out = records[3000:]
+    predictor = make_predictor(model, held_out[:10])
+    assert predictor.kind == "fast"
+    assert max_path_difference(model, held_out) <= 1e-9
+    singles = [predictor.predict_proba_records([r])[0] for r in held_out[:100]]
+    np.testing.assert_allclose(
+        singles, model.predict_proba(records_frame(held_out[:100]))[:, 1], rtol=0, atol=1e-9
+    )
