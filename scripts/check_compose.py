@@ -65,6 +65,9 @@ EXPECTED_PROFILES = {"all", "db", "minio", "mlflow", "airflow", "api", "debug"}
 TOOL_PROFILES = {"debug"}
 # Services allowed to publish ports (UIs and the model API), always bound to ${BIND_HOST}.
 PUBLISHED_SERVICES = {"airflow-apiserver", "mlflow", "minio", "fastapi"}
+# Profiles started with `docker compose up --wait` (make up): each one-shot job in them must be
+# awaited by a long-running service, or --wait reports the job's exit as a failure.
+WAIT_PROFILES = {"all", "airflow", "mlflow", "api"}
 # Bind-mount sources that `make install` creates (they are not in git).
 CREATED_BY_INSTALL = {"airflow/logs", "airflow/plugins"}
 LOOPBACK = ("127.0.0.1", "localhost", "0.0.0.0", "[::1]")
@@ -529,6 +532,14 @@ def check_healthchecks(p: Project) -> Problems:
                                     f" has restart: {restart} (a job must not restart)")
         if name not in one_shot and not _has_healthcheck(p, name):
             problems.append(f"long-running service `{name}` has no healthcheck")
+    for profile in sorted(WAIT_PROFILES & p.profiles):
+        members = {n for n, svc in p.services.items() if profile in (svc.get("profiles") or [])}
+        adopted = {dep for n in members - one_shot
+                   for dep, spec in (p.services[n].get("depends_on") or {}).items()
+                   if spec.get("condition") == "service_completed_successfully"}
+        for job in sorted((members & one_shot) - adopted):
+            problems.append(f"profile `{profile}`: no long-running service waits for one-shot "
+                            f"`{job}` (service_completed_successfully), so `up --wait` fails")
     for m in re.finditer(r"\bsleep\b", p.compose_text):
         line = p.compose_text.count("\n", 0, m.start()) + 1
         problems.append(f"{COMPOSE_FILE}:{line}: uses `sleep`; gate on healthchecks instead")
