@@ -24,6 +24,8 @@ Checks (see ``CHECKS``):
   ``.env`` value for every other one.
 * ``wiring``: URLs point at services that exist; one JWT secret for all Airflow components;
   MLflow serves artifacts and allows its in-network Host header.
+* ``airflow-config``: every ``AIRFLOW__SECTION__KEY`` is an option of the installed (locked)
+  Airflow core or one of its providers (a misspelt option is silently ignored by Airflow).
 * ``lock-versions``: base image versions and pip pins in Dockerfiles equal ``requirements.lock``;
   local installs use the lock as constraints; built image tags match the versions they carry.
 * ``hardening``: images pinned by tag; non-root images and users; no ``container_name`` (so
@@ -838,6 +840,61 @@ def check_hardening(p: Project) -> Problems:
     return problems
 
 
+def airflow_options() -> dict[str, set[str]]:
+    """{section: options} of the installed Airflow core and providers, read without importing
+    Airflow (its config.yml and each provider's ``get_provider_info()`` literal)."""
+    import ast
+
+    spec = importlib.util.find_spec("airflow")
+    if spec is None or not spec.submodule_search_locations:
+        raise CheckError("apache-airflow is not installed: cannot check AIRFLOW__ options")
+    options: dict[str, set[str]] = {}
+
+    def add(config: dict[str, Any]) -> None:
+        for section, body in (config or {}).items():
+            options.setdefault(section, set()).update((body or {}).get("options") or {})
+
+    for location in spec.submodule_search_locations:
+        base = Path(location)
+        core = base / "config_templates" / "config.yml"
+        if core.is_file():
+            add(yaml.safe_load(core.read_text(encoding="utf-8")))
+        for info in base.glob("providers/**/get_provider_info.py"):
+            tree = ast.parse(info.read_text(encoding="utf-8"))
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Return) and isinstance(node.value, ast.Dict):
+                    add(ast.literal_eval(node.value).get("config", {}))
+    if "core" not in options:
+        raise CheckError("Airflow's config.yml not found: cannot check AIRFLOW__ options")
+    return options
+
+
+def check_airflow_config(p: Project) -> Problems:
+    """Every ``AIRFLOW__SECTION__KEY`` a service sets is an option of the locked Airflow."""
+    problems: Problems = []
+    known: dict[str, set[str]] | None = None
+    reported: set[str] = set()
+    for name, svc in sorted(p.services.items()):
+        for var in sorted(svc.get("environment") or {}):
+            if not var.startswith("AIRFLOW__") or var in reported:
+                continue
+            known = known if known is not None else airflow_options()
+            parts = var.split("__")
+            if len(parts) != 3:
+                problems.append(f"service `{name}`: {var} is not AIRFLOW__SECTION__KEY")
+                reported.add(var)
+                continue
+            section, key = parts[1].lower(), re.sub(r"_(cmd|secret)$", "", parts[2].lower())
+            if section not in known:
+                problems.append(f"service `{name}`: {var}: Airflow has no section [{section}]")
+                reported.add(var)
+            elif key not in known[section] and parts[2].lower() not in known[section]:
+                problems.append(f"service `{name}`: {var}: Airflow has no option "
+                                f"[{section}] {parts[2].lower()} (typo?)")
+                reported.add(var)
+    return problems
+
+
 CONNECTION_KEYS = {"conn_id", "conn_type", "description", "extra", "extra_dejson", "host",
                    "login", "password", "port", "schema", "team_name", "uri"}
 
@@ -885,6 +942,7 @@ CHECKS: dict[str, Callable[[Project], Problems]] = {
     "env-defined": check_env_defined,
     "settings-env": check_settings_env,
     "wiring": check_wiring,
+    "airflow-config": check_airflow_config,
     "lock-versions": check_lock_versions,
     "hardening": check_hardening,
     "secrets-files": check_secrets_files,

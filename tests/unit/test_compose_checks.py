@@ -314,6 +314,17 @@ def test_wrong_in_network_host_and_jwt_split_are_caught(project):
                    "--allowed-hosts must include `mlflow:5000`")
 
 
+def test_misspelt_airflow_option_is_caught(project):
+    root, break_it = project
+    break_it("docker-compose.yaml", "AIRFLOW__CELERY__WORKER_CONCURRENCY:",
+             "AIRFLOW__CELERY__WORKER_CONCURENCY:")
+    break_it("docker-compose.yaml", "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT",
+             "AIRFLOW__WORKER__EXECUTION_API_TIMEOUT")
+    assert_reports(run(root, "airflow-config"),
+                   "AIRFLOW__CELERY__WORKER_CONCURENCY: Airflow has no option [celery] "
+                   "worker_concurency", "Airflow has no section [worker]")
+
+
 def test_hadolint_findings_fail(project):
     root, break_it = project
     break_it("dockerfiles/mlflow/Dockerfile", "COPY requirements.lock",
