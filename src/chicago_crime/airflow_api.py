@@ -87,6 +87,11 @@ class AirflowClient:
             body["dag_run_id"] = run_id
         return self.request("POST", f"/dags/{dag_id}/dagRuns", json=body)
 
+    def clear_run(self, dag_id: str, run_id: str) -> dict[str, Any]:
+        """Rerun an existing run (the UI's "Clear"): every task runs again."""
+        return self.request("POST", f"/dags/{dag_id}/dagRuns/{run_id}/clear",
+                            json={"dry_run": False})
+
     def run(self, dag_id: str, run_id: str) -> dict[str, Any]:
         return self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}")
 
