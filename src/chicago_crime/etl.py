@@ -440,6 +440,21 @@ def _quality_metrics(reports: Mapping[str, Mapping[str, Any]]) -> dict[str, floa
     return metrics
 
 
+def _resolve_reports(reports: dict[str, Any], lake: Lake | None,
+                     settings: Settings) -> dict[str, Any]:
+    """Replace stage results (``{"status", "keys": {"report": ...}}``) by their stored report."""
+    out: dict[str, Any] = {}
+    for stage, rep in reports.items():
+        key = (rep.get("keys") or {}).get("report") if isinstance(rep, Mapping) else None
+        if key and "class_balance" not in rep:
+            lake = lake or Lake(settings=settings)
+            if lake.exists(key):
+                out[stage] = lake.read_json(key)
+                continue
+        out[stage] = rep
+    return out
+
+
 def log_quality_run(month: str, reports: Mapping[str, Mapping[str, Any]] | None = None,
                     settings: Settings | None = None, lake: Lake | None = None,
                     ingest_report: Mapping[str, Any] | None = None) -> str:
@@ -456,7 +471,7 @@ def log_quality_run(month: str, reports: Mapping[str, Mapping[str, Any]] | None 
     settings = settings or get_settings()
     if reports is None:
         reports = load_reports(month, lake, settings)
-    reports = dict(reports)
+    reports = _resolve_reports(dict(reports), lake, settings)
     if ingest_report is not None:
         reports["ingest"] = ingest_report
     client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
