@@ -398,6 +398,7 @@ def test_prometheus_metrics(client, registry) -> None:
     )
     assert counted == 11
     assert f'model_version{{model_name="{registry.name}"}} 1.0' in text
+    assert "model_registry_reachable 1.0" in text and "model_ready 1.0" in text
 
 
 def test_docs_work_offline(client) -> None:

@@ -3,6 +3,7 @@
 # No ``from __future__ import annotations``: the batch body class is built per app and FastAPI
 # must see the real annotation objects of the closures below.
 
+import json
 import math
 from typing import Annotated, Any
 
@@ -23,7 +24,6 @@ from chicago_crime.serve.model_store import LoadedModel, ModelStore
 from chicago_crime.serve.schemas import (
     EXAMPLE_RECORD,
     MINIMAL_RECORD,
-    BatchItem,
     BatchPrediction,
     BatchRequest,
     CrimeRecord,
@@ -42,9 +42,12 @@ INVALID = {422: {"model": ErrorBody, "description": "Invalid record: the field i
 TOO_LARGE = {413: {"model": ErrorBody, "description": "Request body over MAX_BODY_BYTES."}}
 
 
-def score(
-    loaded: LoadedModel, records: list[CrimeRecord], metrics: ServerMetrics
-) -> list[BatchItem]:
+#: Fast-path requests up to this many records run on the event loop (sub-millisecond);
+#: anything slower goes to the thread pool so the loop keeps answering /health and /ready.
+INLINE_MAX_RECORDS = 8
+
+
+def _score_sync(loaded: LoadedModel, records: list[CrimeRecord]) -> list[dict[str, Any]]:
     """Probabilities and decisions for validated records with one model version."""
     inputs = [r.model_input() for r in records]
     try:
@@ -55,6 +58,7 @@ def score(
             detail=f"the model could not score the record(s): {str(exc)[:300]}",
         ) from exc
     items = []
+    threshold = loaded.threshold
     for p in probabilities:
         if not math.isfinite(p):
             raise HTTPException(
@@ -62,9 +66,25 @@ def score(
                 detail="the model returned no finite probability for this input",
             )
         p = min(1.0, max(0.0, float(p)))
-        items.append(BatchItem(arrest_probability=p, arrest=p >= loaded.threshold))
-    metrics.record_predictions(loaded.version, [i.arrest for i in items])
+        items.append({"arrest_probability": p, "arrest": p >= threshold})
     return items
+
+
+async def score(
+    loaded: LoadedModel, records: list[CrimeRecord], metrics: ServerMetrics
+) -> list[dict[str, Any]]:
+    """Score on the event loop when it is quick (fast path), else in the thread pool."""
+    if loaded.predictor.kind == "fast" and len(records) <= INLINE_MAX_RECORDS:
+        items = _score_sync(loaded, records)
+    else:
+        items = await run_in_threadpool(_score_sync, loaded, records)
+    metrics.record_predictions(loaded.version, [i["arrest"] for i in items])
+    return items
+
+
+def _json(body: dict[str, Any]) -> Response:
+    """Responses built directly (already validated data): skips a second pydantic pass."""
+    return Response(json.dumps(body, separators=(",", ":")), media_type="application/json")
 
 
 def build_router(settings: Settings) -> APIRouter:
@@ -131,7 +151,7 @@ def build_router(settings: Settings) -> APIRouter:
         "/predict", response_model=Prediction, tags=["predict"],
         responses={**UNAVAILABLE, **INVALID, **TOO_LARGE},
     )
-    def predict(
+    async def predict(
         record: Annotated[CrimeRecord, Body(openapi_examples={
             "portal record": {"summary": "A record as the SODA API returns it",
                               "value": EXAMPLE_RECORD},
@@ -139,28 +159,24 @@ def build_router(settings: Settings) -> APIRouter:
         })],
         loaded: Annotated[LoadedModel, Depends(require_model)],
         metrics: Annotated[ServerMetrics, Depends(get_metrics)],
-    ) -> Prediction:
+    ) -> Response:
         """Arrest probability for one crime record (Socrata field names)."""
-        item = score(loaded, [record], metrics)[0]
-        return Prediction(
-            arrest_probability=item.arrest_probability, arrest=item.arrest,
-            threshold=loaded.threshold, model=ModelRef(**loaded.ref()),
-        )
+        item = (await score(loaded, [record], metrics))[0]
+        return _json({**item, "threshold": loaded.threshold, "model": loaded.ref()})
 
     @router.post(
         "/predict/batch", response_model=BatchPrediction, tags=["predict"],
         responses={**UNAVAILABLE, **INVALID, **TOO_LARGE},
     )
-    def predict_batch(
+    async def predict_batch(
         body: Annotated[batch_model, Body()],
         loaded: Annotated[LoadedModel, Depends(require_model)],
         metrics: Annotated[ServerMetrics, Depends(get_metrics)],
-    ) -> BatchPrediction:
+    ) -> Response:
         """Arrest probabilities for up to ``MAX_BATCH_RECORDS`` records, in request order."""
-        return BatchPrediction(
-            predictions=score(loaded, body.records, metrics),
-            threshold=loaded.threshold, model=ModelRef(**loaded.ref()),
-        )
+        items = await score(loaded, body.records, metrics)
+        return _json({"predictions": items, "threshold": loaded.threshold,
+                      "model": loaded.ref()})
 
     @router.post(
         "/model/reload", response_model=ReloadResult, tags=["model"],
@@ -187,8 +203,13 @@ def build_router(settings: Settings) -> APIRouter:
         responses={200: {"content": {"text/plain": {}},
                          "description": "Prometheus text exposition."}},
     )
-    async def prometheus(metrics: Annotated[ServerMetrics, Depends(get_metrics)]) -> Response:
+    async def prometheus(
+        metrics: Annotated[ServerMetrics, Depends(get_metrics)],
+        store: Annotated[ModelStore, Depends(get_store)],
+    ) -> Response:
         """Prometheus metrics: requests and latency per endpoint, predictions, model version."""
+        metrics.registry_reachable.set(1 if store.registry_reachable else 0)
+        metrics.model_ready.set(1 if store.current is not None else 0)
         payload, content_type = metrics.exposition()
         return Response(payload, media_type=content_type)
 

@@ -1,0 +1,251 @@
+"""Benchmark of the model server: one uvicorn worker on loopback (not a test; prints figures).
+
+Fits a small model on real records, registers it as ``champion`` in a throwaway sqlite MLflow
+registry, starts ``uvicorn chicago_crime.serve.app:app`` (one worker, OMP_NUM_THREADS=1) and
+measures: single ``/predict`` latency p50/p99, a batch of 1,000 records, throughput at
+concurrency 8 and the server's memory. Targets (issue #7): p50 <= 5 ms, p99 <= 20 ms,
+batch of 1,000 <= 100 ms.
+
+    .venv/bin/python bench/bench_api.py --model features   # platform feature pipeline (fast path)
+    .venv/bin/python bench/bench_api.py --model toy        # one-hot + logistic regression (pandas)
+    .venv/bin/python bench/bench_api.py --url http://127.0.0.1:8800   # an already running server
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("CHICAGO_DATA_DIR", REPO.parent / "shared" / "data" / "chicago"))
+MODEL_NAME = "bench_arrest"
+
+
+def portal_records(months: list[str], limit: int | None = None) -> list[dict[str, Any]]:
+    """Records as the SODA API returns them (strings, JSON booleans, missing fields omitted)."""
+    from chicago_crime.portal import crimes_export_path, read_export
+
+    raw = pd.concat([read_export(crimes_export_path(DATA, m)) for m in months])
+    if limit:
+        raw = raw.head(limit)
+    raw = raw.astype(object).where(raw.notna(), None)
+    out = []
+    for rec in raw.to_dict("records"):
+        rec["arrest"] = rec["arrest"] == "true"
+        rec["domestic"] = rec["domestic"] == "true"
+        out.append({k: v for k, v in rec.items() if v is not None})
+    return out
+
+
+def fit_model(kind: str, records: list[dict[str, Any]]) -> Any:
+    from imblearn.pipeline import Pipeline as ImbPipeline
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    from chicago_crime.predict import records_frame
+    from chicago_crime.serve.schemas import CrimeRecord
+
+    frame = records_frame([CrimeRecord.model_validate(r).model_input() for r in records])
+    y = np.array([r["arrest"] for r in records])
+    if kind == "toy":
+        model = Pipeline([
+            ("encode", ColumnTransformer([("onehot", OneHotEncoder(handle_unknown="ignore"),
+                                           ["primary_type", "iucr", "domestic"])])),
+            ("classify", LogisticRegression(max_iter=1000)),
+        ])
+    else:
+        from chicago_crime import features
+        from chicago_crime.portal import snake_case
+
+        stations = pd.read_csv(DATA / "police_stations.csv", dtype=str)
+        stations.columns = [snake_case(c) for c in stations.columns]
+        model = ImbPipeline(features.make_feature_steps(stations) + [
+            ("balance", features.make_balancer()),
+            ("select", features.make_selector(k=20)),
+            ("clf", CalibratedClassifierCV(LogisticRegression(max_iter=1000), cv=3)),
+        ])
+    return model.fit(frame, y)
+
+
+def register(model: Any, root: Path) -> str:
+    """Log + register the model in a sqlite registry under ``root``; returns the tracking URI."""
+    import mlflow
+    import mlflow.sklearn
+
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = mlflow.MlflowClient(uri, uri)
+    experiment = client.create_experiment("bench", artifact_location=(root / "art").as_uri())
+    with mlflow.start_run(experiment_id=experiment):
+        mlflow.log_metric("threshold", 0.35)
+        info = mlflow.sklearn.log_model(
+            model, name="model", registered_model_name=MODEL_NAME,
+            serialization_format="cloudpickle", pip_requirements=["scikit-learn"],
+        )
+    client.set_registered_model_alias(MODEL_NAME, "champion", info.registered_model_version)
+    return uri
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(uri: str, port: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MODEL_NAME": MODEL_NAME,
+           "OMP_NUM_THREADS": "1", "MODEL_POLL_SECONDS": "30",
+           "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true"}
+    cmd = [sys.executable, "-m", "uvicorn", "chicago_crime.serve.app:app", "--host",
+           "127.0.0.1", "--port", str(port), "--workers", "1", "--log-level", "warning",
+           "--no-access-log"]
+    return subprocess.Popen(cmd, cwd=REPO, env=env)
+
+
+def wait_ready(url: str, timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"server at {url} not ready after {timeout:.0f} s")
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def rss_mb(pid: int) -> tuple[float, float]:
+    """(current RSS, peak RSS) in MB of a local process."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    fields = {line.split(":")[0]: line.split()[1] for line in status.splitlines()
+              if line.startswith(("VmRSS", "VmHWM"))}
+    return int(fields["VmRSS"]) / 1024, int(fields["VmHWM"]) / 1024
+
+
+def run(url: str, records: list[dict[str, Any]], n_single: int, n_batches: int,
+        batch_size: int, concurrency: int, seconds: float) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    with httpx.Client(base_url=url, timeout=60) as client:
+        info = client.get("/model").json()
+        out["model"] = f"{info['name']} v{info['version']} ({info['predictor']} path)"
+        for rec in records[:200]:  # warm-up
+            client.post("/predict", json=rec).raise_for_status()
+        latencies = []
+        for i in range(n_single):
+            rec = records[i % len(records)]
+            start = time.perf_counter()
+            client.post("/predict", json=rec).raise_for_status()
+            latencies.append((time.perf_counter() - start) * 1000)
+        out["single_p50_ms"], out["single_p99_ms"] = pct(latencies, 50), pct(latencies, 99)
+        batch = {"records": records[:batch_size]}
+        client.post("/predict/batch", json=batch).raise_for_status()
+        batch_ms = []
+        for _ in range(n_batches):
+            start = time.perf_counter()
+            client.post("/predict/batch", json=batch).raise_for_status()
+            batch_ms.append((time.perf_counter() - start) * 1000)
+        out["batch_median_ms"], out["batch_p90_ms"] = statistics.median(batch_ms), pct(batch_ms, 90)
+
+    counts = [0] * concurrency
+    loaded: list[float] = []
+    lock = threading.Lock()
+    stop_at = time.perf_counter() + seconds
+
+    def worker(k: int) -> None:
+        mine = []
+        with httpx.Client(base_url=url, timeout=60) as c:
+            i = k
+            while time.perf_counter() < stop_at:
+                start = time.perf_counter()
+                c.post("/predict", json=records[i % len(records)]).raise_for_status()
+                mine.append((time.perf_counter() - start) * 1000)
+                counts[k] += 1
+                i += concurrency
+        with lock:
+            loaded.extend(mine)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(concurrency)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    out["throughput_rps"] = sum(counts) / (time.perf_counter() - start)
+    out["loaded_p50_ms"], out["loaded_p99_ms"] = pct(loaded, 50), pct(loaded, 99)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=["features", "toy"], default="features")
+    parser.add_argument("--train-records", type=int, default=20_000)
+    parser.add_argument("--url", help="benchmark a running server instead of starting one")
+    parser.add_argument("--single", type=int, default=2000)
+    parser.add_argument("--batches", type=int, default=20)
+    parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    args = parser.parse_args()
+
+    records = portal_records(["2018-03"], limit=5000)
+    server = None
+    url = args.url
+    with tempfile.TemporaryDirectory(prefix="bench-api-") as tmp:
+        try:
+            if url is None:
+                started = time.perf_counter()
+                model = fit_model(args.model, portal_records(["2018-01", "2018-02"],
+                                                             args.train_records))
+                uri = register(model, Path(tmp))
+                print(f"model '{args.model}' fitted and registered in "
+                      f"{time.perf_counter() - started:.1f} s")
+                port = free_port()
+                url = f"http://127.0.0.1:{port}"
+                server = start_server(uri, port)
+                started = time.perf_counter()
+                wait_ready(url)
+                print(f"server ready in {time.perf_counter() - started:.1f} s")
+            results = run(url, records, args.single, args.batches, args.batch_size,
+                          args.concurrency, args.seconds)
+            if server is not None:
+                results["rss_mb"], results["peak_rss_mb"] = rss_mb(server.pid)
+        finally:
+            if server is not None:
+                server.terminate()
+                server.wait(timeout=30)
+    print(f"model: {results.pop('model')}; host load average {os.getloadavg()[0]:.1f} "
+          f"on {os.cpu_count()} cores (client and server share them)")
+    print(f"single /predict   p50 {results['single_p50_ms']:.2f} ms   "
+          f"p99 {results['single_p99_ms']:.2f} ms   (target <= 5 / <= 20 ms, n={args.single})")
+    print(f"batch of {args.batch_size}    median {results['batch_median_ms']:.1f} ms   "
+          f"p90 {results['batch_p90_ms']:.1f} ms   (target <= 100 ms, n={args.batches})")
+    print(f"concurrency {args.concurrency}     {results['throughput_rps']:.0f} requests/s   "
+          f"p50 {results['loaded_p50_ms']:.2f} ms   p99 {results['loaded_p99_ms']:.2f} ms")
+    if "rss_mb" in results:
+        print(f"server memory     RSS {results['rss_mb']:.0f} MB   "
+              f"peak {results['peak_rss_mb']:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
