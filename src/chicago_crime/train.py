@@ -1,0 +1,468 @@
+"""Training: from one month's ETL outputs in the lake to a registered, gated model version.
+
+:func:`run_training` is the one code path of the Airflow training DAG and the CLI:
+
+1. **Load** the month's ETL outputs: the fitted feature steps the DAG applied (enricher,
+   outlier handler, encoder, scaler, selector), the scaled-stage train/test sets restricted to
+   the selected features, and the raw records of the same train/test split.
+2. **Search** (:mod:`chicago_crime.tune`): Optuna over model family, hyperparameters and
+   in-fold balancing, one nested MLflow run per trial.
+3. **Refit** the best candidate on the full train set inside
+   ``CalibratedClassifierCV(cv=3)``: each fold's calibrator is fitted on real, unbalanced
+   held-out rows, which undoes the skew SMOTE gives a balanced model's probabilities.
+4. **Threshold**: best F1 on out-of-fold calibrated probabilities of the train set (each row
+   scored by a classifier *and* a calibrator that never saw it).
+5. **Assemble** the served model ``Pipeline([enrich, outliers, encode, scale, select, clf])``:
+   the first five are the very objects the ETL fitted and stored, so training and serving
+   cannot skew. It takes raw Socrata records and returns calibrated probabilities.
+6. **Evaluate** it on the month's raw test records (:mod:`chicago_crime.evaluate`), log it
+   (signature, input example, pinned requirements, skops, ``predict_proba`` pyfunc), register
+   it and let the gate (:mod:`chicago_crime.registry`) decide about ``champion``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import re
+import tempfile
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.isotonic import IsotonicRegression
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold
+from sklearn.pipeline import Pipeline
+
+import chicago_crime
+from chicago_crime import etl, layout, registry, tune
+from chicago_crime import evaluate as ev
+from chicago_crime import features as F
+from chicago_crime.config import Settings, get_settings
+from chicago_crime.lake import Lake
+
+log = logging.getLogger(__name__)
+
+#: Fitted ETL steps of the served pipeline: (pipeline step name, ETL stage, file name).
+SERVED_STEPS: tuple[tuple[str, str, str], ...] = (
+    ("outliers", "outliers", etl.FITTED_NAMES["outliers"]),
+    ("encode", "encoded", etl.FITTED_NAMES["encoded"]),
+    ("scale", "scaled", etl.FITTED_NAMES["scaled"]),
+    ("select", "features", etl.FITTED_NAMES["features"]),
+)
+#: Libraries the served model needs at load time (pinned from requirements.lock).
+MODEL_REQUIREMENTS: tuple[str, ...] = (
+    "scikit-learn", "imbalanced-learn", "pandas", "numpy", "scipy", "geopandas", "shapely",
+    "pyproj", "skops", "mlflow",
+)
+#: Modules whose classes may appear in the logged model (skops trusted types are checked).
+TRUSTED_MODULE_PREFIXES: tuple[str, ...] = ("chicago_crime.", "sklearn.", "imblearn.")
+CALIBRATION_FOLDS = 3
+#: Isotonic calibration needs enough rows per fold; below this many train rows use sigmoid.
+ISOTONIC_MIN_ROWS = 15_000
+EXAMPLE_RECORDS = 5
+
+
+# --------------------------------------------------------------------------------------------
+# data
+# --------------------------------------------------------------------------------------------
+@dataclass
+class MonthData:
+    """One month's training inputs, all read from the lake."""
+
+    month: str
+    steps: list[tuple[str, Any]]
+    features: list[str]
+    X_train: pd.DataFrame
+    y_train: np.ndarray
+    X_test: pd.DataFrame
+    y_test: np.ndarray
+    raw_train: pd.DataFrame
+    raw_test: pd.DataFrame
+    keys: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def window(self) -> tuple[str, str]:
+        """First and last day of the records the model was trained on (``YYYY-MM-DD``)."""
+        dates = pd.concat([self.raw_train["date"], self.raw_test["date"]]).dropna().astype(str)
+        return dates.min()[:10], dates.max()[:10]
+
+
+class TrainingDataMissing(FileNotFoundError):
+    """The month's ETL outputs are not (all) in the lake."""
+
+
+def _require(lake: Lake, key: str) -> str:
+    if not lake.exists(key):
+        raise TrainingDataMissing(f"{lake.uri(key)} is missing: run the ETL for this month")
+    return key
+
+
+def servable(step: Any) -> Any:
+    """The fitted step as it goes into the served model.
+
+    The enricher keeps the station table it was constructed with as a pandas DataFrame,
+    which skops cannot serialise; its fitted station coordinates (``station_x_``,
+    ``station_y_``, ``station_district_``) are what ``transform`` uses, so a copy without the
+    constructor table transforms identically.
+    """
+    if isinstance(step, F.CrimeEnricher) and isinstance(step.stations, pd.DataFrame):
+        step = copy.deepcopy(step)
+        step.stations = None
+    return step
+
+
+def load_month(month: str, lake: Lake, settings: Settings) -> MonthData:
+    """Read the fitted steps, the scaled-stage data and the raw split of ``month``."""
+    keys = {"enrich": _require(lake, etl.enricher_key(month))}
+    steps: list[tuple[str, Any]] = [("enrich", lake.read_object(keys["enrich"]))]
+    for name, stage, filename in SERVED_STEPS:
+        keys[name] = _require(lake, layout.stage_key(month, stage, filename))
+        steps.append((name, lake.read_object(keys[name])))
+    selector = steps[-1][1]
+    features = [str(c) for c in selector.selected_]
+    for part in ("train", "test"):
+        keys[f"scaled_{part}"] = _require(lake, layout.stage_key(month, "scaled",
+                                                                 f"{part}.parquet"))
+        keys[f"split_{part}"] = _require(lake, layout.stage_key(month, "split",
+                                                                f"{part}.parquet"))
+    keys["window"] = _require(lake, layout.window_key(month))
+    scaled_train = lake.read_parquet(keys["scaled_train"])
+    scaled_test = lake.read_parquet(keys["scaled_test"])
+    split_test_ids = lake.read_parquet(keys["split_test"])[etl.ID_COL].astype(str)
+    raw = etl.split_raw_window(month, lake, settings)
+    if raw is None:
+        raise TrainingDataMissing(f"raw window or split of {month} missing")
+    raw_train, raw_test = raw
+    # the raw test records in the order of the scaled test set (the split stage's order)
+    raw_test = raw_test.set_index(raw_test[etl.ID_COL].astype(str)).loc[split_test_ids]
+    raw_test = raw_test.reset_index(drop=True)
+    y_test = scaled_test[F.TARGET].astype(bool).to_numpy().astype(int)
+    raw_y = np.array([F.to_bool(v) for v in raw_test[F.TARGET]])
+    if len(raw_test) != len(scaled_test) or not np.array_equal(raw_y, y_test):
+        raise ValueError(f"{month}: raw test records do not line up with the scaled test set")
+    return MonthData(
+        month=month, steps=steps, features=features,
+        X_train=scaled_train[features], y_train=scaled_train[F.TARGET].astype(int).to_numpy(),
+        X_test=scaled_test[features], y_test=y_test, raw_train=raw_train, raw_test=raw_test,
+        keys=keys,
+    )
+
+
+def model_input(raw: pd.DataFrame) -> pd.DataFrame:
+    """Raw records restricted to the fields the served model reads (labels dropped)."""
+    return raw[[c for c in F.INPUT_FIELDS if c in raw.columns]].reset_index(drop=True)
+
+
+def labels(raw: pd.DataFrame) -> np.ndarray:
+    return np.array([F.to_bool(v) for v in raw[F.TARGET]], dtype=float)
+
+
+# --------------------------------------------------------------------------------------------
+# final model
+# --------------------------------------------------------------------------------------------
+def calibration_method(rows: int) -> str:
+    return "isotonic" if rows >= ISOTONIC_MIN_ROWS else "sigmoid"
+
+
+def _scores(estimator: Any, X: pd.DataFrame) -> np.ndarray:
+    if hasattr(estimator, "decision_function"):
+        return np.asarray(estimator.decision_function(X), dtype=float)
+    return np.asarray(estimator.predict_proba(X)[:, 1], dtype=float)
+
+
+def fit_calibrated(params: dict[str, Any], X: pd.DataFrame, y: np.ndarray, seed: int,
+                   ) -> tuple[CalibratedClassifierCV, np.ndarray]:
+    """Best candidate in ``CalibratedClassifierCV``; plus out-of-fold calibrated probabilities.
+
+    The fold classifiers' held-out scores are out-of-fold by construction; calibrating them
+    with a calibrator cross-fitted on the *other* folds gives every train row a probability
+    from a classifier and a calibrator that never saw it (the threshold's validation data).
+    """
+    method = calibration_method(len(X))
+    splitter = StratifiedKFold(n_splits=CALIBRATION_FOLDS, shuffle=True, random_state=seed)
+    calibrated = CalibratedClassifierCV(tune.build_candidate(params, seed), method=method,
+                                        cv=splitter, ensemble=True)
+    calibrated.fit(X, y)
+    folds = list(splitter.split(X, y))
+    scores = np.empty(len(X), dtype=float)
+    for (_, held_out), fold_model in zip(folds, calibrated.calibrated_classifiers_, strict=True):
+        scores[held_out] = _scores(fold_model.estimator, X.iloc[held_out])
+    oof = np.empty(len(X), dtype=float)
+    for k, (_, held_out) in enumerate(folds):
+        other = np.concatenate([f[1] for j, f in enumerate(folds) if j != k])
+        if method == "isotonic":
+            cal = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
+            cal.fit(scores[other], y[other])
+            oof[held_out] = cal.predict(scores[held_out])
+        else:
+            cal = LogisticRegression(C=1e6).fit(scores[other].reshape(-1, 1), y[other])
+            oof[held_out] = cal.predict_proba(scores[held_out].reshape(-1, 1))[:, 1]
+    return calibrated, oof
+
+
+def assemble(steps: list[tuple[str, Any]], classifier: Any) -> Pipeline:
+    """The served model: the ETL's fitted steps followed by the calibrated classifier."""
+    return Pipeline([*((name, servable(step)) for name, step in steps), ("clf", classifier)])
+
+
+# --------------------------------------------------------------------------------------------
+# model packaging
+# --------------------------------------------------------------------------------------------
+def _lock_file() -> Path | None:
+    for folder in Path(chicago_crime.__file__).resolve().parents:
+        candidate = folder / "requirements.lock"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def pip_requirements(names: tuple[str, ...] = MODEL_REQUIREMENTS) -> list[str]:
+    """``name==version`` for the model's libraries: from requirements.lock, else installed."""
+    pinned: dict[str, str] = {}
+    lock = _lock_file()
+    if lock is not None:
+        for line in lock.read_text().splitlines():
+            match = re.match(r"^([A-Za-z0-9_.\-]+)==([^\s;#]+)", line.strip())
+            if match:
+                pinned[match.group(1).lower().replace("_", "-")] = match.group(2)
+    out = []
+    for name in names:
+        version = pinned.get(name) or metadata.version(name)
+        out.append(f"{name}=={version}")
+    return out
+
+
+def skops_trusted_types(model: Any) -> list[str]:
+    """Types skops must be told to trust to load ``model``; only the project's own classes and
+    scikit-learn / imbalanced-learn internals are acceptable."""
+    import skops.io
+
+    untrusted = sorted(skops.io.get_untrusted_types(data=skops.io.dumps(model)))
+    unexpected = [t for t in untrusted if not t.startswith(TRUSTED_MODULE_PREFIXES)]
+    if unexpected:
+        raise TypeError(f"the model contains types that should not be trusted: {unexpected}")
+    return untrusted
+
+
+def example_records(raw: pd.DataFrame, n: int = EXAMPLE_RECORDS) -> list[dict[str, Any]]:
+    """A few records exactly as the SODA API returns them (strings, JSON booleans, missing
+    fields omitted), including one without coordinates when there is one."""
+    from chicago_crime.replay import to_json
+
+    picked = raw.head(n - 1)
+    no_xy = raw[raw["x_coordinate"].isna()] if "x_coordinate" in raw.columns else raw.iloc[:0]
+    picked = pd.concat([picked, no_xy.head(1) if len(no_xy) else raw.iloc[n - 1:n]])
+    frame = picked.drop(columns=[c for c in ("location",) if c in picked.columns])
+    return json.loads(to_json(frame.reset_index(drop=True)))
+
+
+def example_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """The DataFrame a client builds from raw records (the model's input fields)."""
+    return pd.DataFrame.from_records(
+        [{k: r.get(k) for k in F.INPUT_FIELDS} for r in records], columns=list(F.INPUT_FIELDS))
+
+
+def optional_inputs(signature: Any, required: tuple[str, ...] = ("date",)) -> Any:
+    """Mark every input column optional except ``required``: the enricher handles any missing
+    field (the portal omits empty fields), so pyfunc schema checks must not reject them."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    columns = [ColSpec(type=c.type, name=c.name, required=c.name in required)
+               for c in signature.inputs.inputs]
+    return ModelSignature(inputs=Schema(columns), outputs=signature.outputs,
+                          params=signature.params)
+
+
+# --------------------------------------------------------------------------------------------
+# the training run
+# --------------------------------------------------------------------------------------------
+def _finite(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(v)}
+
+
+def run_training(month: str, settings: Settings | None = None, lake: Lake | None = None, *,
+                 trials: int | None = None, timeout: float | None = None,
+                 search_max_rows: int | None = tune.SEARCH_MAX_ROWS,
+                 importance_rows: int = 10_000) -> dict[str, Any]:
+    """Search, fit, evaluate, log, register and gate a model for ``month``.
+
+    Returns small values: run id, registered version, whether it became champion, the gate's
+    scores and the test metrics.
+    """
+    import mlflow
+    from mlflow.models import infer_signature
+
+    settings = settings or get_settings()
+    lake = lake or Lake(settings=settings)
+    seed = settings.random_seed
+    started = time.perf_counter()
+    data = load_month(month, lake, settings)
+    window_start, window_end = data.window
+    n_trials = trials if trials is not None else settings.search_trials
+    budget = timeout if timeout is not None else settings.search_timeout_seconds
+
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    mlflow.set_registry_uri(settings.mlflow_tracking_uri)
+    mlflow.set_experiment(settings.search_experiment)
+    client = registry.client_for(settings)
+    with mlflow.start_run(run_name=f"train-{month}") as parent:
+        run_id = parent.info.run_id
+        uris = {f"lake_{k}": lake.uri(v) for k, v in data.keys.items()}
+        mlflow.set_tags({"kind": "training", "month": month, "window_start": window_start,
+                         "window_end": window_end, "features": json.dumps(data.features),
+                         **uris})
+        mlflow.log_params({
+            "month": month, "window_start": window_start, "window_end": window_end,
+            "features": json.dumps(data.features), "n_features": len(data.features),
+            "train_rows": len(data.X_train), "test_rows": len(data.X_test), "seed": seed,
+            "cv_folds": settings.cv_folds, "search_trials": n_trials,
+            "search_timeout_seconds": budget, "search_max_rows": search_max_rows,
+            "primary_metric": settings.primary_metric,
+            "promotion_margin": settings.promotion_margin,
+        })
+        _log_inputs(data, lake)
+
+        search = tune.run_search(data.X_train, data.y_train, n_trials=n_trials, timeout=budget,
+                                 folds=settings.cv_folds, seed=seed, max_rows=search_max_rows)
+        mlflow.log_params({f"best_{k}": v for k, v in search.best_params.items()})
+        mlflow.log_metrics(_finite({"search_trials_completed": search.n_trials,
+                                    "search_seconds": search.seconds,
+                                    **{f"cv_best_{k}": v for k, v in search.best_cv.items()}}))
+        mlflow.log_table(pd.DataFrame(search.trials), "search/trials.json")
+
+        fit_started = time.perf_counter()
+        calibrated, oof = fit_calibrated(search.best_params, data.X_train, data.y_train, seed)
+        threshold, _ = ev.best_f1_threshold(data.y_train, oof)
+        mlflow.log_param("calibration", calibrated.method)
+        mlflow.log_metrics(_finite({
+            "threshold": threshold, "fit_seconds": time.perf_counter() - fit_started,
+            **{f"val_{k}": v for k, v in ev.binary_metrics(data.y_train, oof, threshold).items()},
+        }))
+
+        model = assemble(data.steps, calibrated)
+        raw_test = model_input(data.raw_test)
+        p_test = model.predict_proba(raw_test)[:, 1]
+        p_direct = calibrated.predict_proba(data.X_test)[:, 1]
+        consistency = float(np.max(np.abs(p_test - p_direct))) if len(p_test) else 0.0
+        baseline = ev.IucrRateBaseline().fit(data.raw_train, labels(data.raw_train))
+        p_base = baseline.predict_proba(data.raw_test)[:, 1]
+        importance = ev.permutation_importance_frame(calibrated, data.X_test, data.y_test,
+                                                     seed=seed, max_rows=importance_rows)
+        with tempfile.TemporaryDirectory() as tmp:
+            test_metrics = ev.write_report(
+                tmp, data.y_test, p_test, threshold,
+                groups=[F.norm_text(v) for v in data.raw_test["primary_type"]],
+                baseline=p_base, importance=importance,
+                extra={"month": month, "calibration": calibrated.method})
+            mlflow.log_artifacts(tmp, "evaluation")
+        base_metrics = ev.binary_metrics(data.y_test, p_base, threshold)
+        mlflow.log_metrics(_finite({
+            **{f"test_{k}": v for k, v in test_metrics.items()},
+            **{f"baseline_test_{k}": v for k, v in base_metrics.items()},
+            "pipeline_consistency_max_abs_diff": consistency,
+        }))
+        if consistency > 1e-6:
+            log.warning("served pipeline differs from the stage data by %.3g", consistency)
+
+        records = example_records(data.raw_test)
+        example = example_frame(records)
+        signature = optional_inputs(infer_signature(example, model.predict_proba(example)))
+        info = mlflow.sklearn.log_model(
+            model, name="model", signature=signature, input_example=example,
+            pip_requirements=pip_requirements(),
+            code_paths=[str(Path(chicago_crime.__file__).resolve().parent)],
+            skops_trusted_types=skops_trusted_types(model),
+            pyfunc_predict_fn="predict_proba",
+            metadata={"threshold": threshold, "month": month, "features": data.features},
+        )
+        mlflow.log_dict({"records": records}, "input_example_records.json")
+
+        tags = {"threshold": f"{threshold:.6f}", "month": month, "window_start": window_start,
+                "window_end": window_end, "features": json.dumps(data.features),
+                "calibration": calibrated.method, "model_family": search.best_params["model"],
+                "balanced": str(bool(search.best_params.get("balance"))).lower(),
+                f"test_{settings.primary_metric}": f"{test_metrics[settings.primary_metric]:.6f}"}
+        version = registry.register(client, settings.model_name, info.model_uri, run_id,
+                                     model_id=info.model_id, tags=tags)
+        y_test, metric = data.y_test, settings.primary_metric
+
+        def score(candidate: Any) -> float:
+            return ev.gate_score(metric, y_test, candidate.predict_proba(raw_test)[:, 1])
+
+        decision = registry.gate(client, settings.model_name, version.version, score,
+                                 metric=metric, margin=settings.promotion_margin,
+                                 challenger_model=model)
+        mlflow.set_tags({"registered_version": str(version.version),
+                         "gate_decision": "promoted" if decision.promoted else "kept_champion"})
+        mlflow.log_metric("train_seconds", time.perf_counter() - started)
+
+    return {
+        "month": month, "run_id": run_id, "model_name": settings.model_name,
+        "version": str(version.version), "promoted": decision.promoted,
+        "reason": decision.reason, "champion_version": decision.champion_version,
+        "challenger_score": decision.challenger_score,
+        "champion_score": decision.champion_score, "threshold": threshold,
+        "best_params": search.best_params, "trials": search.n_trials,
+        "search_seconds": search.seconds,
+        "metrics": {k: round(v, 6) for k, v in _finite(test_metrics).items()},
+        "baseline_metrics": {k: round(v, 6) for k, v in _finite(base_metrics).items()},
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def _log_inputs(data: MonthData, lake: Lake) -> None:
+    """Dataset lineage: the lake objects the model was trained and evaluated on."""
+    import mlflow
+
+    train = data.X_train.assign(**{F.TARGET: data.y_train.astype(bool)})
+    test = data.X_test.assign(**{F.TARGET: data.y_test.astype(bool)})
+    mlflow.log_input(mlflow.data.from_pandas(
+        train, source=lake.uri(data.keys["scaled_train"]), targets=F.TARGET,
+        name=f"scaled-train-{data.month}"), context="training")
+    mlflow.log_input(mlflow.data.from_pandas(
+        test, source=lake.uri(data.keys["scaled_test"]), targets=F.TARGET,
+        name=f"scaled-test-{data.month}"), context="testing")
+    mlflow.log_input(mlflow.data.from_pandas(
+        model_input(data.raw_test).assign(**{F.TARGET: data.y_test.astype(bool)}),
+        source=lake.uri(data.keys["split_test"]), targets=F.TARGET,
+        name=f"raw-test-{data.month}"), context="evaluation")
+
+
+# --------------------------------------------------------------------------------------------
+# lake seeding from portal exports (benchmarks, tests, notebooks)
+# --------------------------------------------------------------------------------------------
+def seed_window_from_exports(lake: Lake, data_dir: str | Path, month: str, months: int = 12,
+                             max_rows: int | None = None, seed: int = 0) -> dict[str, Any]:
+    """Write the raw window ending at ``month`` and the station table from portal CSV exports
+    (a folder laid out like ``../shared/data/chicago``), as ingestion would have.
+
+    ``max_rows`` keeps a seeded random sample (in the window's order) for small test lakes.
+    """
+    from chicago_crime.ingest import to_csv_bytes
+    from chicago_crime.portal import CRIME_FIELDS, crimes_export_path, read_export
+
+    frames = []
+    for m in layout.month_range(month, months):
+        path = crimes_export_path(data_dir, m)
+        if path.is_file():
+            frames.append(read_export(path))
+    if not frames:
+        raise FileNotFoundError(f"no crime exports for the window ending {month} in {data_dir}")
+    window = pd.concat(frames, ignore_index=True)
+    window = window[[c for c in CRIME_FIELDS if c in window.columns]]
+    if max_rows is not None and len(window) > max_rows:
+        window = window.sample(n=max_rows, random_state=seed).sort_index()
+    lake.put_bytes(layout.window_key(month), to_csv_bytes(window), "text/csv")
+    stations = read_export(Path(data_dir) / "police_stations.csv")
+    lake.put_bytes(layout.raw_stations_key(month), to_csv_bytes(stations), "text/csv")
+    return {"rows": len(window), "months": len(frames)}
