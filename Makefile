@@ -62,6 +62,48 @@ local-logs: ## Tail of every native service log (.local/logs/)
 	@$(PY) -m chicago_crime.stack logs
 
 # ---------------------------------------------------------------------------------------------
+# Docker Compose stack (production form); see docs/docker.md
+# ---------------------------------------------------------------------------------------------
+PROFILE ?= all
+SERVICE ?=
+COMPOSE ?= docker compose
+DC      := $(COMPOSE) --project-name chicago-crime --file docker-compose.yaml
+define open_url
+	@set -a; source ./.env; set +a; host=$${BIND_HOST/0.0.0.0/127.0.0.1}; url="http://$$host:$${$(1)}"; \
+	  echo "$(2): $$url  $(3)"; \
+	  if command -v xdg-open >/dev/null 2>&1 && [ -n "$${DISPLAY}$${WAYLAND_DISPLAY}" ]; then xdg-open "$$url" >/dev/null 2>&1 & \
+	  elif command -v open >/dev/null 2>&1 && [ "$$(uname -s)" = Darwin ]; then open "$$url"; fi
+endef
+
+.PHONY: install up down restart clean logs status airflow mlflow minio api check-compose
+install: ## Prepare Docker: fill empty secrets in .env, AIRFLOW_UID (Linux), ./airflow folders
+	@python3 scripts/gen_secrets.py .env --airflow-uid auto
+	@mkdir -p airflow/logs airflow/plugins
+up: ## Build and start the Compose stack (PROFILE=all) and wait until every service is healthy
+	$(DC) --profile $(PROFILE) up -d --build --wait
+down: ## Stop and remove the Compose containers (volumes/data are kept)
+	$(DC) --profile '*' down
+restart: ## Restart the Compose stack (down + up)
+	@$(MAKE) --no-print-directory down
+	@$(MAKE) --no-print-directory up
+clean: ## Delete this project's Compose containers, networks and volumes (nothing else)
+	$(DC) --profile '*' down --volumes --remove-orphans
+logs: ## Follow the Compose logs (SERVICE=airflow-worker for one service)
+	$(DC) --profile '*' logs --follow --tail=200 $(SERVICE)
+status: ## State and health of every Compose container
+	$(DC) --profile '*' ps --all
+airflow: ## Airflow UI URL (and open it)
+	$(call open_url,AIRFLOW_PORT,Airflow,(login: $${AIRFLOW_ADMIN_USER} / see AIRFLOW_ADMIN_PASSWORD in .env))
+mlflow: ## MLflow UI URL (and open it)
+	$(call open_url,MLFLOW_PORT,MLflow,)
+minio: ## MinIO console URL (and open it)
+	$(call open_url,MINIO_PORT_UI,MinIO console,(login: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in .env))
+api: ## Model API Swagger UI URL (and open it)
+	$(call open_url,FASTAPI_PORT,Model API,(docs: /docs))
+check-compose: $(VENV)/.installed ## Static checks of the Compose stack (no Docker engine needed)
+	$(PY) scripts/check_compose.py
+
+# ---------------------------------------------------------------------------------------------
 # Quality
 # ---------------------------------------------------------------------------------------------
 .PHONY: test

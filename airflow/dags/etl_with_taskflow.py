@@ -13,15 +13,17 @@ from datetime import timedelta
 from typing import Any
 
 import pendulum
-from airflow.sdk import CronDataIntervalTimetable, dag, task
+from airflow.sdk import Asset, CronDataIntervalTimetable, dag, task
 from airflow.sdk.exceptions import AirflowSkipException
-from lake_assets import ML_READY_DATASET
 
 from chicago_crime import etl, ingest, layout
 from chicago_crime.config import get_settings
 from chicago_crime.lake import Lake
 from chicago_crime.socrata import SocrataClient
 
+# The month's ML-ready dataset; the training DAG is scheduled on it.
+ML_READY_DATASET = Asset(name=layout.ML_READY_ASSET_NAME,
+                         uri=layout.ml_ready_asset_uri(get_settings().data_repo_bucket_name))
 DEFAULT_ARGS = {"owner": "ml-platform", "retries": 1, "retry_delay": timedelta(seconds=30)}
 
 

@@ -80,3 +80,11 @@ def stage_key(month: str, stage: str, name: str) -> str:
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
     return f"{processed_prefix(month)}{stage}/{name}"
+
+
+# The ML-ready dataset of a month as an Airflow asset (each event's extra names the month).
+ML_READY_ASSET_NAME = "chicago_crimes_ml_ready"
+
+
+def ml_ready_asset_uri(bucket: str) -> str:
+    return f"s3://{bucket}/{PROCESSED_PREFIX}"
