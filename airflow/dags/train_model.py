@@ -1,0 +1,75 @@
+"""Train, evaluate and register the arrest model for a month, on the Celery worker.
+
+Scheduled on the asset ``etl_with_taskflow`` publishes (the month's ML-ready dataset); the
+month comes from the asset event. Trigger it by hand with ``{"month": "YYYY-MM"}`` to retrain
+any month already processed. The champion alias moves only when the new version beats the
+current champion on the same test set (see ``chicago_crime.registry``).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+import pendulum
+import requests
+from airflow.sdk import Asset, Param, dag, task
+
+from chicago_crime import layout
+from chicago_crime.config import get_settings
+from chicago_crime.train import run_training
+
+log = logging.getLogger(__name__)
+
+ML_READY_DATASET = Asset(name=layout.ML_READY_ASSET_NAME,
+                         uri=layout.ml_ready_asset_uri(get_settings().data_repo_bucket_name))
+
+
+@dag(
+    dag_id="train_model",
+    schedule=[ML_READY_DATASET],
+    start_date=pendulum.datetime(2018, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    default_args={"owner": "ml-platform", "retries": 0},
+    params={"month": Param(None, type=["null", "string"], pattern=r"^\d{4}-\d{2}$",
+                           description="Month to train on (YYYY-MM); empty = from the asset")},
+    tags=["training", "chicago_crime"],
+    doc_md=__doc__,
+)
+def train_model():
+    @task
+    def resolve_month(params=None, triggering_asset_events=None) -> str:
+        if params and params.get("month"):
+            return params["month"]
+        events = triggering_asset_events[ML_READY_DATASET] if triggering_asset_events else []
+        months = [e.extra.get("month") for e in events if e.extra and e.extra.get("month")]
+        if not months:
+            raise ValueError("no month: trigger with conf {\"month\": \"YYYY-MM\"} or let "
+                             "etl_with_taskflow publish the dataset")
+        return months[-1]
+
+    @task(execution_timeout=timedelta(minutes=30))
+    def train_and_register(month: str) -> dict[str, Any]:
+        return run_training(month)
+
+    @task
+    def notify_api(result: dict[str, Any]) -> str:
+        """Ask the model server to reload now (it also polls the registry on its own)."""
+        settings = get_settings()
+        if not result.get("promoted"):
+            return "champion unchanged"
+        key = settings.api_key.get_secret_value() if settings.api_key else ""
+        try:
+            resp = requests.post(f"{settings.api_url}/model/reload", timeout=60,
+                                 headers={"X-API-Key": key})
+            return f"API reload: {resp.status_code}"
+        except requests.RequestException as exc:  # the API polls the registry anyway
+            log.warning("could not reach the model API at %s: %s", settings.api_url, exc)
+            return "API unreachable; it will pick the champion up on its next poll"
+
+    notify_api(train_and_register(resolve_month()))
+
+
+train_model()
