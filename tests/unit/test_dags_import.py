@@ -33,4 +33,5 @@ def test_dag_folder_imports_without_errors(tmp_path):
     assert etl == ["setup_s3", "download_data", "build_window", "enrich_data", "split_data",
                    "process_outliers", "encode_data", "scale_data", "balance_data",
                    "extract_features", "publish_dataset"]
+    assert result["dags"]["train_model"] == ["resolve_month", "train_and_register", "notify_api"]
     assert "platform_smoke" in result["dags"]
