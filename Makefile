@@ -10,7 +10,7 @@ BROWSER_PKGS := chromium chromium-driver
 DATA      ?=
 # Folder of real portal exports used by the tests (served by the Socrata replay server).
 TEST_DATA ?= ../shared/data/chicago
-MONTH     ?= 2018-06
+MONTH     ?=
 PYTEST_ARGS ?=
 
 .PHONY: help
@@ -114,6 +114,11 @@ test: ## Install, start the native stack (replaying TEST_DATA), run unit + integ
 .PHONY: test-unit
 test-unit: install-native ## Fast unit tests only (no services needed)
 	$(PYTEST) -m "not integration and not e2e" $(PYTEST_ARGS)
+
+.PHONY: demo
+demo: install-native ## The whole journey: start, ETL, training, served champion (DATA=exports folder, MONTH=YYYY-MM)
+	$(MAKE) --no-print-directory local-up DATA="$(DATA)"
+	$(PY) -m chicago_crime.demo --data "$(DATA)" --month "$(MONTH)"
 
 .PHONY: replay
 replay: install-native ## Serve a folder of portal exports as a Socrata API (DATA=../shared/data/chicago)

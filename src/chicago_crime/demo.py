@@ -1,0 +1,157 @@
+"""The user's journey in one command (``make demo``): ETL -> training -> served champion.
+
+Assumes the native stack is up (``make demo`` starts it). Triggers ``etl_with_taskflow`` for a
+month through Airflow's REST API, lets ``train_model`` follow through the asset, waits until
+the model API serves a champion, then prints the URLs, logins and a ready-to-paste ``curl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from chicago_crime import layout
+from chicago_crime.airflow_api import AirflowClient, AirflowError
+from chicago_crime.config import Settings, get_settings
+
+ETL_DAG = "etl_with_taskflow"
+TRAIN_DAG = "train_model"
+
+
+def default_month(data_dir: str | None) -> str:
+    """The newest month of a folder of exports, else the last complete calendar month."""
+    if data_dir:
+        months = sorted(p.name[:7] for p in (Path(data_dir) / "crimes").glob("*.csv.gz"))
+        if not months:
+            raise SystemExit(f"no crimes/YYYY-MM.csv.gz exports in {data_dir}")
+        return months[-1]
+    today = datetime.now(UTC)
+    total = today.year * 12 + today.month - 2
+    return f"{total // 12:04d}-{total % 12 + 1:02d}"
+
+
+def say(message: str) -> None:
+    print(f"[{datetime.now():%H:%M:%S}] {message}", flush=True)
+
+
+def run_etl(client: AirflowClient, month: str) -> dict[str, Any]:
+    """Trigger (or, for a month already run, clear and rerun) the ETL run of ``month``."""
+    _, end = layout.month_bounds(month)
+    run_id = f"manual__{month}"
+    try:
+        client.trigger(ETL_DAG, logical_date=end.isoformat() + "Z", run_id=run_id)
+        say(f"triggered {ETL_DAG} for {month} (run {run_id})")
+    except AirflowError as exc:
+        if "409" not in str(exc):
+            raise
+        client.clear_run(ETL_DAG, run_id)
+        say(f"{ETL_DAG} already ran for {month}: cleared run {run_id} to run it again")
+    return client.wait_for_run(ETL_DAG, run_id, timeout=1800, on_progress=say)
+
+
+def wait_for_training(client: AirflowClient, after: str, timeout: float = 1800) -> dict[str, Any]:
+    """Wait for the train_model run the ETL's asset event queued after ``after``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = [r for r in client.runs(TRAIN_DAG, order_by="-run_after", limit=5)
+                if (r.get("run_after") or "") >= after]
+        if runs:
+            run = runs[0]
+            say(f"{TRAIN_DAG} run {run['dag_run_id']} started by the asset event")
+            return client.wait_for_run(TRAIN_DAG, run["dag_run_id"], timeout=timeout,
+                                       on_progress=say)
+        time.sleep(3)
+    raise AirflowError(f"no {TRAIN_DAG} run appeared within {timeout:.0f}s")
+
+
+def wait_for_champion(settings: Settings, timeout: float = 300) -> dict[str, Any]:
+    """Wait until the API's /ready says a model is loaded; return GET /model."""
+    deadline = time.monotonic() + timeout
+    reloaded = False
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{settings.api_url}/ready", timeout=5).status_code == 200:
+                return requests.get(f"{settings.api_url}/model", timeout=5).json()
+            if not reloaded and settings.api_key:
+                requests.post(f"{settings.api_url}/model/reload", timeout=60, headers={
+                    "X-API-Key": settings.api_key.get_secret_value()})
+                reloaded = True
+        except requests.RequestException:
+            pass
+        time.sleep(2)
+    raise RuntimeError(f"the API at {settings.api_url} served no champion within {timeout:.0f}s")
+
+
+# A real record of the portal (2018-06), exactly as the SODA API returns it.
+EXAMPLE_RECORD = {
+    "id": "11334378", "case_number": "JB289012", "date": "2018-06-01T21:05:00.000",
+    "block": "083XX S PAULINA ST", "iucr": "2024", "primary_type": "NARCOTICS",
+    "description": "POSS: HEROIN(WHITE)", "location_description": "STREET", "domestic": False,
+    "beat": "0614", "district": "006", "ward": "18", "community_area": "71", "fbi_code": "18",
+    "x_coordinate": "1166461", "y_coordinate": "1849448", "latitude": "41.742453478",
+    "longitude": "-87.665665679",
+}
+
+
+def print_summary(settings: Settings, model: dict[str, Any], seconds: float) -> None:
+    body = json.dumps(EXAMPLE_RECORD)
+    print(f"""
+==========================================================================================
+ Champion served in {seconds:.0f}s: {model.get('name')} version {model.get('version')}
+
+ Airflow    http://127.0.0.1:{settings.airflow_port}   ({settings.airflow_admin_user} / \
+{settings.airflow_admin_password.get_secret_value()})  DAGs {ETL_DAG}, {TRAIN_DAG}
+ MLflow     http://127.0.0.1:{settings.mlflow_port}   experiments '{settings.etl_experiment}', \
+'{settings.search_experiment}', model '{settings.model_name}' (alias champion)
+ Data lake  {settings.aws_endpoint_url_s3}  bucket '{settings.data_repo_bucket_name}' \
+(key {settings.aws_access_key_id} / {settings.aws_secret_access_key.get_secret_value()})
+ Model API  {settings.api_url}/docs
+
+ Try it:
+   curl -s -X POST {settings.api_url}/predict -H 'Content-Type: application/json' \\
+     -d '{body}'
+
+ Stop the platform with `make local-down` (data kept) or `make local-wipe` (data deleted).
+==========================================================================================
+""", flush=True)
+
+
+def run_demo(month: str, settings: Settings | None = None) -> dict[str, Any]:
+    """The whole journey; returns the served model's description."""
+    settings = settings or get_settings()
+    started = time.monotonic()
+    client = AirflowClient(settings)
+    for dag_id in (ETL_DAG, TRAIN_DAG):
+        client.wait_for_dag(dag_id)
+    client.set_paused(TRAIN_DAG, False)  # follows the ETL through the asset
+    client.set_paused(ETL_DAG, False)
+    etl_run = run_etl(client, month)
+    wait_for_training(client, after=etl_run["start_date"])
+    model = wait_for_champion(settings)
+    print_summary(settings, model, time.monotonic() - started)
+    return model
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--month", default="", help="YYYY-MM (default: newest available)")
+    parser.add_argument("--data", default="", help="folder of portal exports being replayed")
+    args = parser.parse_args(argv)
+    month = args.month or default_month(args.data or None)
+    try:
+        run_demo(month)
+    except (AirflowError, RuntimeError) as exc:
+        print(f"demo failed: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
