@@ -429,8 +429,13 @@ def _quality_metrics(reports: Mapping[str, Mapping[str, Any]]) -> dict[str, floa
                 if isinstance(b, Mapping) and b.get("arrest_rate") is not None:
                     metrics[f"arrest_rate_{stage}_{part}"] = float(b["arrest_rate"])
         for key, value in rep.items():  # ingest report: invalid / quarantined / missing counts
-            if isinstance(value, int | float) and not isinstance(value, bool) and any(
-                    word in key for word in ("invalid", "quarantin", "missing", "duplicate")):
+            if not any(w in key for w in ("invalid", "quarantin", "missing", "duplicate")):
+                continue
+            if isinstance(value, Mapping):  # e.g. per-month counts: log their sum
+                numbers = [v for v in value.values()
+                           if isinstance(v, int | float) and not isinstance(v, bool)]
+                value = sum(numbers) if numbers else None
+            if isinstance(value, int | float) and not isinstance(value, bool):
                 metrics[f"{stage}_{key}"] = float(value)
     if "arrest_rate_split_train" in metrics:
         metrics["arrest_rate_before_balancing"] = metrics["arrest_rate_split_train"]

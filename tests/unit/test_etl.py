@@ -193,7 +193,7 @@ def test_quality_run_logged_to_mlflow(processed, module_settings, monkeypatch):
 
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     lake, results = processed
-    ingest = {"rows": 70000, "invalid_rows": 12, "quarantined": 12}
+    ingest = {"rows": 70000, "invalid": {"2018-05": 5, "2018-06": 7}, "quarantined": 12}
     first = etl.log_quality_run(MONTH, settings=module_settings, lake=lake, ingest_report=ingest)
     client = mlflow.MlflowClient(tracking_uri=module_settings.mlflow_tracking_uri)
     run = client.get_run(first)
@@ -203,7 +203,7 @@ def test_quality_run_logged_to_mlflow(processed, module_settings, monkeypatch):
     assert m["rows_out_balanced_train"] == results["balanced"]["rows"]["train"]
     assert m["arrest_rate_after_balancing"] == pytest.approx(0.5)
     assert 0.1 < m["arrest_rate_before_balancing"] < 0.3
-    assert m["ingest_invalid_rows"] == 12 and m["ingest_quarantined"] == 12
+    assert m["ingest_invalid"] == 12 and m["ingest_quarantined"] == 12
     assert {f"seconds_{s}" for s in etl.STAGE_ORDER} <= set(m)
     assert run.data.params["selected_features"].split(",") == results["features"]["features"]
     second = etl.log_quality_run(MONTH, results, settings=module_settings)
