@@ -42,9 +42,7 @@ def main() -> None:
     for dag_id in (demo.ETL_DAG, demo.TRAIN_DAG):
         client.wait_for_dag(dag_id)
     client.set_paused(demo.ETL_DAG, False)
-    client.set_paused(demo.TRAIN_DAG, args.to_champion)
-    if not args.to_champion:
-        client.set_paused(demo.TRAIN_DAG, True)
+    client.set_paused(demo.TRAIN_DAG, not args.to_champion)
 
     walls, champion_walls = [], []
     per_task: dict[str, list[float]] = {}
