@@ -223,7 +223,8 @@ def test_fast_path_matches_the_feature_pipeline_on_real_records(shared_data) -> 
     raw = raw.astype(object).where(raw.notna(), None)
     records = [CrimeRecord.model_validate(r).model_input() for r in raw.to_dict("records")]
     labels = (raw["arrest"] == "true").to_numpy()
-    model = ImbPipeline(features.make_feature_steps(stations) + [
+    model = ImbPipeline([
+        *features.make_feature_steps(stations),
         ("balance", features.make_balancer()),
         ("select", features.make_selector(k=15)),
         ("clf", CalibratedClassifierCV(LogisticRegression(max_iter=1000), cv=3)),
