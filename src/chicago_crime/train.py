@@ -69,6 +69,10 @@ CALIBRATION_FOLDS = 3
 #: Isotonic calibration needs enough rows per fold; below this many train rows use sigmoid.
 ISOTONIC_MIN_ROWS = 15_000
 EXAMPLE_RECORDS = 5
+#: Raw test records (SODA JSON form) logged with the trainer's probabilities, so any process
+#: that loads the model can check it reproduces them.
+SERVING_CHECK_RECORDS = 200
+SERVING_CHECK_ARTIFACT = "serving_check.json"
 
 
 # --------------------------------------------------------------------------------------------
@@ -385,7 +389,10 @@ def run_training(month: str, settings: Settings | None = None, lake: Lake | None
             pyfunc_predict_fn="predict_proba",
             metadata={"threshold": threshold, "month": month, "features": data.features},
         )
-        mlflow.log_dict({"records": records}, "input_example_records.json")
+        check = example_records(data.raw_test, SERVING_CHECK_RECORDS)
+        mlflow.log_dict({"records": check, "probabilities":
+                         model.predict_proba(example_frame(check))[:, 1].tolist()},
+                        SERVING_CHECK_ARTIFACT)
 
         tags = {"threshold": f"{threshold:.6f}", "month": month, "window_start": window_start,
                 "window_end": window_end, "features": json.dumps(data.features),

@@ -1,0 +1,162 @@
+"""The metric gate and rollback on a real MLflow registry (SQLite backend)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from chicago_crime import cli, registry
+from chicago_crime import evaluate as ev
+
+RNG = np.random.default_rng(7)
+Y = (RNG.random(2000) < 0.2).astype(int)
+
+
+class Scores:
+    """A stand-in model whose probabilities have a chosen ranking quality."""
+
+    def __init__(self, noise: float, seed: int = 0) -> None:
+        rng = np.random.default_rng(seed)
+        self.p = 1 / (1 + np.exp(-(3 * Y - 1.5 + rng.normal(0, noise, len(Y)))))
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        return np.column_stack([1 - self.p, self.p])
+
+
+def _score(model: Any) -> float:
+    return ev.gate_score("roc_auc", Y, model.predict_proba(None)[:, 1])
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One SQLite MLflow database for the module (creating one costs seconds)."""
+    return f"sqlite:///{tmp_path_factory.mktemp('registry')}/mlflow.db"
+
+
+@pytest.fixture
+def reg(db: str) -> dict[str, Any]:
+    """A fresh registered-model name per test on the shared database."""
+    client = MlflowClient(tracking_uri=db, registry_uri=db)
+    return {"client": client, "models": {}, "uri": db, "name": f"gate_{uuid.uuid4().hex[:8]}"}
+
+
+def _train(reg: dict[str, Any], model: Any, margin: float = 0.002) -> registry.GateDecision:
+    """Register ``model`` as a new version and run the gate (the trainer's sequence)."""
+    client = reg["client"]
+    experiment = client.get_experiment_by_name("gate") or client.get_experiment(
+        client.create_experiment("gate"))
+    run = client.create_run(experiment.experiment_id)
+    version = registry.register(client, reg["name"], f"runs:/{run.info.run_id}/model",
+                                run.info.run_id)
+    reg["models"][str(version.version)] = model
+    return registry.gate(client, reg["name"], version.version, _score, metric="roc_auc",
+                         margin=margin, challenger_model=model,
+                         load=lambda name, v: reg["models"][str(v)])
+
+
+def _alias(reg: dict[str, Any], alias: str) -> str:
+    return str(reg["client"].get_model_version_by_alias(reg["name"], alias).version)
+
+
+def test_first_model_becomes_champion(reg: dict[str, Any]) -> None:
+    decision = _train(reg, Scores(noise=1.0))
+    assert decision.promoted and decision.champion_score is None
+    assert _alias(reg, "champion") == _alias(reg, "challenger") == "1"
+    tags = reg["client"].get_model_version(reg["name"], "1").tags
+    assert tags["gate_decision"] == "promoted" and tags["gate_champion_score"] == ""
+    assert registry.PREVIOUS_TAG not in tags
+
+
+def test_worse_challenger_does_not_move_champion(reg: dict[str, Any]) -> None:
+    _train(reg, Scores(noise=1.0))
+    decision = _train(reg, Scores(noise=3.0))
+    assert not decision.promoted
+    assert decision.challenger_score < decision.champion_score
+    assert _alias(reg, "champion") == "1" and _alias(reg, "challenger") == "2"
+    tags = reg["client"].get_model_version(reg["name"], "2").tags
+    assert tags["gate_decision"] == "kept_champion"
+    assert float(tags["gate_champion_score"]) == pytest.approx(decision.champion_score, abs=1e-6)
+    assert float(tags["gate_challenger_score"]) == pytest.approx(decision.challenger_score,
+                                                                  abs=1e-6)
+    assert tags["gate_champion_version"] == "1"
+
+
+def test_better_challenger_becomes_champion(reg: dict[str, Any]) -> None:
+    _train(reg, Scores(noise=3.0))
+    decision = _train(reg, Scores(noise=1.0))
+    assert decision.promoted and decision.challenger_score > decision.champion_score + 0.002
+    assert _alias(reg, "champion") == "2"
+    assert reg["client"].get_model_version(reg["name"], "2").tags[registry.PREVIOUS_TAG] == "1"
+
+
+def test_tie_keeps_champion(reg: dict[str, Any]) -> None:
+    _train(reg, Scores(noise=1.0, seed=3))
+    decision = _train(reg, Scores(noise=1.0, seed=3))
+    assert not decision.promoted and decision.challenger_score == decision.champion_score
+    assert "tie" in decision.reason
+    assert _alias(reg, "champion") == "1"
+
+
+def test_gain_within_margin_keeps_champion(reg: dict[str, Any]) -> None:
+    first = _train(reg, Scores(noise=2.0, seed=1))
+    second = Scores(noise=2.0, seed=2)
+    gain = _score(second) - first.challenger_score
+    decision = _train(reg, second, margin=abs(gain) + 0.01)
+    assert not decision.promoted and _alias(reg, "champion") == "1"
+
+
+def test_unloadable_champion_is_replaced(reg: dict[str, Any]) -> None:
+    _train(reg, Scores(noise=1.0))
+    reg["models"]["1"] = object()  # predict_proba missing: cannot be scored
+    decision = _train(reg, Scores(noise=3.0))
+    assert decision.promoted and "could not be scored" in decision.reason
+    assert _alias(reg, "champion") == "2"
+
+
+def test_rollback_walks_back_the_champion_history(reg: dict[str, Any]) -> None:
+    client = reg["client"]
+    _train(reg, Scores(noise=3.0))
+    _train(reg, Scores(noise=2.0))
+    _train(reg, Scores(noise=1.0))
+    assert _alias(reg, "champion") == "3"
+    assert registry.rollback(client, reg["name"]) == {"name": reg["name"], "from_version": "3",
+                                               "to_version": "2"}
+    assert _alias(reg, "champion") == "2"
+    assert client.get_model_version(reg["name"], "3").tags["rolled_back_to"] == "2"
+    assert client.get_model_version(reg["name"], "2").tags["restored_from"] == "3"
+    registry.rollback(client, reg["name"])
+    assert _alias(reg, "champion") == "1"
+    with pytest.raises(registry.RegistryError, match="no previous champion"):
+        registry.rollback(client, reg["name"])
+    assert _alias(reg, "champion") == "1"
+
+
+def test_rollback_without_champion_fails(reg: dict[str, Any]) -> None:
+    with pytest.raises(registry.RegistryError, match="no champion"):
+        registry.rollback(reg["client"], reg["name"])
+
+
+@pytest.mark.parametrize(("challenger", "champion", "promoted"), [
+    (0.90, None, True), (0.90, 0.90, False), (0.9015, 0.90, False), (0.9025, 0.90, True),
+    (0.85, 0.90, False),
+])
+def test_decide(challenger: float, champion: float | None, promoted: bool) -> None:
+    assert registry.decide(challenger, champion, 0.002)[0] is promoted
+
+
+def test_cli_rollback_and_champion(reg: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", reg["uri"])
+    monkeypatch.setenv("MODEL_NAME", reg["name"])
+    assert cli.main(["champion"]) == 1
+    assert "no champion" in capsys.readouterr().err
+    _train(reg, Scores(noise=3.0))
+    _train(reg, Scores(noise=1.0))
+    assert cli.main(["rollback"]) == 0
+    assert '"to_version": "1"' in capsys.readouterr().out
+    assert cli.main(["rollback"]) == 1
+    assert _alias(reg, "champion") == "1"

@@ -1,0 +1,195 @@
+"""Training end to end on a small real lake (moto S3) and a SQLite MLflow registry."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import httpx
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from chicago_crime import cli, etl, registry, train
+from chicago_crime import evaluate as ev
+from chicago_crime import features as F
+from chicago_crime.lake import Lake
+from chicago_crime.portal import read_export
+
+MONTH = "2018-06"
+
+
+@pytest.fixture(scope="module")
+def trained(moto_endpoint: str, shared_data: Path, tmp_path_factory: pytest.TempPathFactory,
+            ) -> dict[str, Any]:
+    """A ~4,000-record window through the real ETL stages, then one short training run."""
+    from chicago_crime.config import load_settings
+
+    tmp = tmp_path_factory.mktemp("train")
+    settings = load_settings(
+        aws_access_key_id="testing", aws_secret_access_key="testing",
+        aws_endpoint_url_s3=moto_endpoint, data_repo_bucket_name=f"train-{os.urandom(4).hex()}",
+        mlflow_tracking_uri=f"sqlite:///{tmp}/mlflow.db", search_trials=2,
+        search_timeout_seconds=600,
+    )
+    lake = Lake(settings=settings)
+    lake.ensure_bucket()
+    train.seed_window_from_exports(lake, shared_data, MONTH, months=2, max_rows=5000)
+    results = etl.run_all(MONTH, lake, settings)
+    assert all(r["status"] == etl.OK for r in results.values()), results
+    result = train.run_training(MONTH, settings, lake)
+    os.environ.setdefault("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")
+    return {"settings": settings, "lake": lake, "result": result}
+
+
+def _client(trained: dict[str, Any]) -> Any:
+    return registry.client_for(trained["settings"])
+
+
+def _model(trained: dict[str, Any], version: str) -> Any:
+    mlflow.set_registry_uri(trained["settings"].mlflow_tracking_uri)
+    return registry.load_version(trained["settings"].model_name, version)
+
+
+def test_first_model_is_registered_as_champion_and_challenger(trained: dict[str, Any]) -> None:
+    result, name = trained["result"], trained["settings"].model_name
+    client = _client(trained)
+    assert result["version"] == "1" and result["promoted"] is True
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
+    assert str(client.get_model_version_by_alias(name, "challenger").version) == "1"
+    tags = client.get_model_version(name, "1").tags
+    assert tags["gate_decision"] == "promoted"
+    assert 0 < float(tags["threshold"]) < 1
+    assert float(tags["gate_challenger_score"]) == pytest.approx(result["metrics"]["roc_auc"],
+                                                                  abs=1e-6)
+
+
+def test_served_pipeline_is_built_from_the_etl_fitted_steps(trained: dict[str, Any]) -> None:
+    model = _model(trained, trained["result"]["version"])
+    lake = trained["lake"]
+    assert [name for name, _ in model.steps] == [
+        "enrich", "outliers", "encode", "scale", "select", "clf"]
+    steps = dict(model.steps)
+    stored_encoder = lake.read_object(train.layout.stage_key(MONTH, "encoded", "encoder.joblib"))
+    stored_scaler = lake.read_object(train.layout.stage_key(MONTH, "scaled", "scaler.joblib"))
+    stored_selector = lake.read_object(train.layout.stage_key(MONTH, "features",
+                                                              "selector.joblib"))
+    stored_enricher = lake.read_object(etl.enricher_key(MONTH))
+    assert steps["encode"].target_maps_ == stored_encoder.target_maps_
+    np.testing.assert_array_equal(steps["scale"].mean_, stored_scaler.mean_)
+    assert steps["select"].selected_ == stored_selector.selected_
+    np.testing.assert_array_equal(steps["enrich"].station_x_, stored_enricher.station_x_)
+    assert not any(hasattr(step, "fit_resample") for _, step in model.steps)  # no sampler
+
+
+def test_model_reproduces_logged_test_metrics_on_raw_records(trained: dict[str, Any]) -> None:
+    settings, lake, result = trained["settings"], trained["lake"], trained["result"]
+    model = _model(trained, result["version"])
+    data = train.load_month(MONTH, lake, settings)
+    p = model.predict_proba(train.model_input(data.raw_test))[:, 1]
+    metrics = ev.binary_metrics(data.y_test, p, result["threshold"])
+    run = mlflow.MlflowClient(settings.mlflow_tracking_uri).get_run(result["run_id"])
+    assert run.data.metrics["test_roc_auc"] == pytest.approx(metrics["roc_auc"], abs=1e-12)
+    assert run.data.metrics["test_ece"] == pytest.approx(metrics["ece"], abs=1e-12)
+    # the served pipeline on raw records == the calibrated classifier on the ETL's stage data
+    assert run.data.metrics["pipeline_consistency_max_abs_diff"] < 1e-9
+    assert metrics["roc_auc"] > 0.8
+
+
+def test_pipeline_accepts_records_exactly_as_the_soda_api_returns_them(
+        trained: dict[str, Any], shared_data: Path) -> None:
+    from chicago_crime.replay import ReplayServer
+
+    model = _model(trained, trained["result"]["version"])
+    with ReplayServer(shared_data) as server:
+        response = httpx.get(f"{server.url}/resource/ijzp-q8t2.json", params={
+            "$where": "date between '2018-06-10T00:00:00' and '2018-06-11T00:00:00'",
+            "$limit": "300", "$order": "id"})
+    records = response.json()
+    assert len(records) == 300 and isinstance(records[0]["domestic"], bool)
+    p_json = model.predict_proba(pd.DataFrame(records))[:, 1]  # every portal field, as sent
+    # the same records as strings from the CSV export give the same probabilities
+    export = train.model_input(pd.DataFrame(records)[["id"]].merge(
+        read_export(shared_data / "crimes" / f"{MONTH}.csv.gz"), on="id", how="left"))
+    p_csv = model.predict_proba(export)[:, 1]
+    assert np.all((p_json > 0) & (p_json < 1))
+    np.testing.assert_allclose(p_json, p_csv, rtol=0, atol=1e-12)
+
+
+def test_pyfunc_returns_probabilities_and_serving_check(trained: dict[str, Any]) -> None:
+    settings, result = trained["settings"], trained["result"]
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    check = mlflow.artifacts.load_dict(f"runs:/{result['run_id']}/{train.SERVING_CHECK_ARTIFACT}")
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{settings.model_name}@champion")
+    out = np.asarray(pyfunc.predict(pd.DataFrame(check["records"])))
+    assert out.shape == (len(check["records"]), 2)
+    np.testing.assert_allclose(out.sum(axis=1), 1.0)
+    np.testing.assert_allclose(out[:, 1], check["probabilities"], rtol=0, atol=1e-12)
+    signature = pyfunc.metadata.signature
+    required = {c.name for c in signature.inputs.inputs if c.required}
+    assert required == {"date"}
+
+
+def test_search_logged_one_nested_run_per_trial(trained: dict[str, Any]) -> None:
+    settings, result = trained["settings"], trained["result"]
+    client = mlflow.MlflowClient(settings.mlflow_tracking_uri)
+    experiment = client.get_experiment_by_name(settings.search_experiment)
+    children = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{result['run_id']}'")
+    assert len(children) == result["trials"] == 2
+    for child in children:
+        assert {"model", "balance", "cv_folds"} <= set(child.data.params)
+        for metric in ("cv_roc_auc", "cv_pr_auc", "cv_f1", "cv_brier", "cv_log_loss"):
+            assert metric in child.data.metrics
+    parent = client.get_run(result["run_id"])
+    assert json.loads(parent.data.params["features"]) == \
+        json.loads(client.get_model_version(settings.model_name, "1").tags["features"])
+    sources = [json.loads(d.dataset.source)["uri"] for d in parent.inputs.dataset_inputs]
+    assert sources and all(s.startswith(f"s3://{settings.data_repo_bucket_name}/")
+                           for s in sources)
+    artifacts = {a.path for a in client.list_artifacts(result["run_id"], "evaluation")}
+    assert {"evaluation/roc_curve.png", "evaluation/pr_curve.png",
+            "evaluation/calibration_curve.png", "evaluation/confusion_matrix.png",
+            "evaluation/metrics_by_primary_type.csv",
+            "evaluation/permutation_importance.csv"} <= artifacts
+
+
+def test_retraining_the_same_month_does_not_promote(trained: dict[str, Any]) -> None:
+    settings, lake, first = trained["settings"], trained["lake"], trained["result"]
+    second = train.run_training(MONTH, settings, lake)
+    client = _client(trained)
+    assert second["version"] == "2" and second["promoted"] is False
+    assert second["challenger_score"] == pytest.approx(first["challenger_score"], abs=1e-12)
+    assert str(client.get_model_version_by_alias(settings.model_name, "champion").version) == "1"
+    assert str(client.get_model_version_by_alias(settings.model_name, "challenger").version) == "2"
+    assert client.get_model_version(settings.model_name, "2").tags["gate_decision"] == \
+        "kept_champion"
+
+
+def test_cli_prints_the_champion(trained: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    settings = trained["settings"]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", settings.mlflow_tracking_uri)
+    monkeypatch.setenv("MODEL_NAME", settings.model_name)
+    assert cli.main(["champion"]) == 0
+    assert json.loads(capsys.readouterr().out)["version"] == "1"
+
+
+def test_seeded_window_keeps_portal_strings(trained: dict[str, Any]) -> None:
+    raw = etl.read_window(trained["lake"], MONTH)
+    assert raw is not None and len(raw) == 5000
+    assert set(raw["arrest"].unique()) <= {"true", "false"}
+    assert raw["iucr"].str.len().eq(4).all()  # leading zeros kept (strings, not numbers)
+    assert F.INPUT_FIELDS[0] in raw.columns
+
+
+def test_pip_requirements_are_pinned_from_the_lock_file() -> None:
+    pins = dict(r.split("==") for r in train.pip_requirements())
+    lock = (Path(__file__).resolve().parents[2] / "requirements.lock").read_text()
+    for name, version in pins.items():
+        assert f"{name}=={version}" in lock
+    assert set(train.MODEL_REQUIREMENTS) == set(pins)
