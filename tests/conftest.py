@@ -37,6 +37,8 @@ def unit_settings(moto_endpoint: str, tmp_path: Path):
     """Settings pointing at the moto S3 server and a fresh bucket per test."""
     from chicago_crime.config import load_settings
 
+    # MLflow 3.17 refuses file:// tracking stores unless this is set (fine for unit tests).
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     bucket = f"test-{os.urandom(4).hex()}"
     return load_settings(
         aws_access_key_id="testing",
