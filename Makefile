@@ -57,6 +57,10 @@ local-down: ## Stop every native service (data is kept)
 local-wipe: ## Stop the native stack and delete its data (.local/)
 	@$(PY) -m chicago_crime.stack down --wipe
 
+.PHONY: local-restart
+local-restart: ## Restart application services after a code change (SERVICES="api airflow-worker")
+	@$(PY) -m chicago_crime.stack restart $(SERVICES)
+
 .PHONY: local-logs
 local-logs: ## Tail of every native service log (.local/logs/)
 	@$(PY) -m chicago_crime.stack logs
@@ -119,6 +123,22 @@ test-unit: install-native ## Fast unit tests only (no services needed)
 demo: install-native ## The whole journey: start, ETL, training, served champion (DATA=exports folder, MONTH=YYYY-MM)
 	$(MAKE) --no-print-directory local-up DATA="$(DATA)"
 	$(PY) -m chicago_crime.demo --data "$(DATA)" --month "$(MONTH)"
+
+.PHONY: train rollback champion
+train: ## Train, register and gate a model for MONTH=YYYY-MM outside Airflow (same code path)
+	$(PY) -m chicago_crime.cli train --month $(MONTH)
+rollback: ## Move the champion alias back to the previous champion
+	$(PY) -m chicago_crime.cli rollback
+champion: ## Print the current champion
+	$(PY) -m chicago_crime.cli champion
+
+.PHONY: bench
+bench: ## Run every benchmark (prints figures; the pipeline ones need the native stack)
+	$(PY) bench/bench_ingest.py
+	$(PY) bench/bench_features.py --runs 2
+	$(PY) bench/bench_train.py
+	$(PY) bench/bench_api.py --model features
+	$(PY) bench/bench_pipeline.py --month 2018-06 --to-champion
 
 .PHONY: replay
 replay: install-native ## Serve a folder of portal exports as a Socrata API (DATA=../shared/data/chicago)

@@ -557,6 +557,19 @@ def down(wipe: bool = False) -> int:
     return 0
 
 
+def restart(names: list[str]) -> int:
+    """Restart services (all application services by default), e.g. after a code change."""
+    if not supervisor_running():
+        raise StackError("the native stack is not running: `make local-up`")
+    targets = names or list(APP_SERVICES)
+    print(_ctl("restart", *targets).stdout.strip())
+    env = stack_env()
+    for name in targets:
+        _wait(name, lambda n=name: app_probe(n, env)[0], 180)
+    print(f"restarted and healthy: {', '.join(targets)}")
+    return 0
+
+
 def logs(lines: int = 30) -> int:
     for path in sorted(LOGS.glob("*.log")):
         print(f"==> {path} <==")
@@ -573,6 +586,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("status", help="one line per service; exit 1 if any is down")
     p_down = sub.add_parser("down", help="stop everything up started")
     p_down.add_argument("--wipe", action="store_true", help="also delete all data in .local/")
+    p_restart = sub.add_parser("restart", help="restart services (default: all but storage)")
+    p_restart.add_argument("services", nargs="*")
     p_logs = sub.add_parser("logs", help="print the tail of every service log")
     p_logs.add_argument("-n", "--lines", type=int, default=30)
     sub.add_parser("env", help="print the environment the services get (for debugging)")
@@ -584,6 +599,8 @@ def main(argv: list[str] | None = None) -> int:
             return status()
         if args.cmd == "down":
             return down(args.wipe)
+        if args.cmd == "restart":
+            return restart(args.services)
         if args.cmd == "logs":
             return logs(args.lines)
         if args.cmd == "env":
