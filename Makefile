@@ -111,7 +111,7 @@ check-compose: $(VENV)/.installed ## Static checks of the Compose stack (no Dock
 # Quality
 # ---------------------------------------------------------------------------------------------
 .PHONY: test
-test: ## Install, start the native stack (replaying TEST_DATA), run unit + integration tests
+test: install-browser ## Install, start the native stack (replaying TEST_DATA), run every test
 	$(MAKE) --no-print-directory local-up DATA="$(TEST_DATA)"
 	CHICAGO_DATA_DIR="$(TEST_DATA)" $(PYTEST) $(PYTEST_ARGS)
 
