@@ -512,9 +512,21 @@ def print_urls(env: dict[str, str]) -> None:
               " (instead of the live portal)\n", flush=True)
 
 
+def running_env() -> dict[str, str]:
+    """The environment the running stack was started with (replay folder included)."""
+    env = stack_env()
+    fp_file = STATE / "run" / "env.json"
+    if supervisor_running() and fp_file.exists():
+        started = json.loads(fp_file.read_text())
+        for key in ("REPLAY_DATA_DIR", "SOCRATA_BASE_URL", "REPLAY_PORT"):
+            if started.get(key):
+                env[key] = started[key]
+    return env
+
+
 def status(env: dict[str, str] | None = None) -> int:
     """Print one line per service; exit code 1 when any service is down or unhealthy."""
-    env = env or stack_env()
+    env = env or running_env()
     probes = probe_all(env)
     width = max(len(p.name) for p in probes)
     for p in probes:
@@ -563,7 +575,7 @@ def restart(names: list[str]) -> int:
         raise StackError("the native stack is not running: `make local-up`")
     targets = names or list(APP_SERVICES)
     print(_ctl("restart", *targets).stdout.strip())
-    env = stack_env()
+    env = running_env()
     for name in targets:
         _wait(name, lambda n=name: app_probe(n, env)[0], 180)
     print(f"restarted and healthy: {', '.join(targets)}")
