@@ -87,3 +87,29 @@ def test_taskflow_dag_runs_on_a_celery_worker(stack_settings):
         "GET", f"/dags/platform_smoke/dagRuns/{run['dag_run_id']}/taskInstances/where_am_i"
         "/xcomEntries/return_value")
     assert xcom["value"]["on_celery_worker"] is True
+
+
+def _pids() -> dict[str, str]:
+    from chicago_crime import stack
+
+    out = stack._ctl("status").stdout.splitlines()
+    return {line.split()[0]: line.split()[3].rstrip(",") for line in out if "RUNNING" in line}
+
+
+def test_local_up_twice_is_harmless():
+    """A second `up` with the same configuration restarts nothing and reports healthy."""
+    import os
+    import subprocess
+    import sys
+
+    from chicago_crime import stack
+
+    before = _pids()
+    env = {**os.environ,
+           "REPLAY_DATA_DIR": stack.running_env().get("REPLAY_DATA_DIR", "")}
+    proc = subprocess.run([sys.executable, "-m", "chicago_crime.stack", "up"], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "restarting" not in proc.stdout
+    assert _pids() == before
+    assert stack.status() == 0
