@@ -33,6 +33,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from dotenv import dotenv_values
 
@@ -545,6 +546,7 @@ def down(wipe: bool = False) -> int:
     """Stop every process ``up`` started (supervisord and its children); optionally wipe data."""
     if supervisor_running():
         pid = int(_ctl("pid").stdout.strip())
+        tree = _descendants(pid)
         _ctl("shutdown")
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -555,7 +557,12 @@ def down(wipe: bool = False) -> int:
             time.sleep(0.3)
         else:
             raise StackError(f"supervisord (pid {pid}) did not stop within 120s")
-        print("native stack stopped")
+        time.sleep(0.5)
+        leftovers = _survivors(tree)
+        if leftovers:
+            raise StackError("processes of the stack survived the shutdown: "
+                             + "; ".join(leftovers))
+        print("native stack stopped (no process left behind)")
     else:
         print("native stack is not running")
     if wipe:
@@ -580,6 +587,29 @@ def restart(names: list[str]) -> int:
         _wait(name, lambda n=name: app_probe(n, env)[0], 180)
     print(f"restarted and healthy: {', '.join(targets)}")
     return 0
+
+
+def _descendants(pid: int) -> list[Any]:
+    """supervisord's whole process tree (every service and the processes they spawned)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _survivors(procs: list[Any]) -> list[str]:
+    import psutil
+
+    alive = []
+    for proc in procs:
+        try:
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                alive.append(f"{proc.pid} {' '.join(proc.cmdline())[:100]}")
+        except psutil.NoSuchProcess:
+            continue
+    return alive
 
 
 def logs(lines: int = 30) -> int:
