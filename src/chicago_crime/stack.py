@@ -21,6 +21,7 @@ api        fastapi                               ``uvicorn chicago_crime.serve.a
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -43,6 +44,25 @@ VENV_BIN = Path(sys.executable).parent
 PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
 SUPERVISOR_CONF = STATE / "supervisord.conf"
 SOCKET = STATE / "run" / "supervisor.sock"
+
+
+def _postgres_can_reach(path: Path) -> bool:
+    """Whether the unprivileged postgres user can traverse to ``path``'s parent folders."""
+    probe = subprocess.run(["runuser", "-u", "postgres", "--", "test", "-x", str(path)],
+                           capture_output=True)
+    return probe.returncode == 0
+
+
+def pg_home() -> Path:
+    """Folder of the PostgreSQL cluster and its socket: ``.local/postgres`` when the postgres
+    user can reach it, else a per-checkout folder under /var/tmp (e.g. a checkout in /root)."""
+    inside = STATE / "postgres"
+    STATE.mkdir(parents=True, exist_ok=True)
+    os.chmod(STATE, 0o755)
+    if _postgres_can_reach(STATE):
+        return inside
+    digest = hashlib.sha256(str(REPO).encode()).hexdigest()[:10]
+    return Path("/var/tmp") / f"chicago-crime-{digest}" / "postgres"
 LOGS = STATE / "logs"
 
 BASE_SERVICES = ("postgres", "redis", "s3")
@@ -152,13 +172,14 @@ def _program(name: str, command: str, *, autostart: bool, user: str | None = Non
     return "\n".join(lines) + "\n"
 
 
-def supervisor_conf(env: dict[str, str]) -> str:
+def supervisor_conf(env: dict[str, str], pg: Path | None = None) -> str:
     """Render supervisord.conf for the current settings."""
     b = VENV_BIN
+    pg = pg or pg_home()
     s3_conf = STATE / "s3" / "identities.json"
     programs = [
-        _program("postgres", f"{PG_BIN / 'postgres'} -D {STATE / 'pgdata'} -p {env['PG_PORT']}"
-                 f" -k {STATE / 'run'} -c listen_addresses=127.0.0.1", autostart=True,
+        _program("postgres", f"{PG_BIN / 'postgres'} -D {pg / 'data'} -p {env['PG_PORT']}"
+                 f" -k {pg / 'run'} -c listen_addresses=127.0.0.1", autostart=True,
                  user="postgres", stopsignal="INT"),
         _program("redis", f"/usr/bin/redis-server --bind 127.0.0.1 --port {env['VALKEY_PORT']}"
                  f" --save '' --appendonly no --dir {STATE / 'redis'}", autostart=True),
@@ -350,30 +371,28 @@ def probe_all(env: dict[str, str]) -> list[Probe]:
 
 # -- bootstrap steps ---------------------------------------------------------------------------
 def _prepare_dirs() -> None:
-    for sub in ("run", "logs", "redis", "s3/data", "airflow/logs", "pgdata"):
+    for sub in ("run", "logs", "redis", "s3/data", "airflow/logs"):
         (STATE / sub).mkdir(parents=True, exist_ok=True)
     (REPO / "airflow" / "plugins").mkdir(parents=True, exist_ok=True)
-    shutil.chown(STATE / "run", "postgres")
-    os.chmod(STATE / "run", 0o777)
+    pg = pg_home()
+    for sub in ("data", "run"):
+        (pg / sub).mkdir(parents=True, exist_ok=True)
+    for folder in (pg, pg / "data", pg / "run"):
+        shutil.chown(folder, "postgres", "postgres")
+    os.chmod(pg / "data", 0o700)
 
 
 def _initdb(env: dict[str, str]) -> None:
-    pgdata = STATE / "pgdata"
+    pgdata = pg_home() / "data"
     if (pgdata / "PG_VERSION").exists():
         return
-    shutil.chown(pgdata, "postgres", "postgres")
-    os.chmod(pgdata, 0o700)
-    probe = subprocess.run(["runuser", "-u", "postgres", "--", "test", "-w", str(pgdata)])
-    if probe.returncode != 0:
-        raise StackError(f"the postgres user cannot write {pgdata}: make its parent folders "
-                         "traversable or set LOCAL_STATE_DIR")
     _run(["runuser", "-u", "postgres", "--", str(PG_BIN / "initdb"), "-D", str(pgdata),
           "-U", "postgres", "--auth-local=trust", "--auth-host=scram-sha-256",
           "--encoding=UTF8", "--locale=C.UTF-8"])
 
 
 def _psql(env: dict[str, str], sql: str, db: str = "postgres") -> str:
-    return _run(["runuser", "-u", "postgres", "--", "psql", "-h", str(STATE / "run"), "-p",
+    return _run(["runuser", "-u", "postgres", "--", "psql", "-h", str(pg_home() / "run"), "-p",
                  env["PG_PORT"], "-U", "postgres", "-d", db, "-v", "ON_ERROR_STOP=1",
                  "-tAc", sql])
 
@@ -566,8 +585,8 @@ def down(wipe: bool = False) -> int:
     else:
         print("native stack is not running")
     if wipe:
-        for sub in ("pgdata", "redis", "s3", "airflow", "logs", "run", "supervisord.conf"):
-            target = STATE / sub
+        for target in (pg_home(), *(STATE / sub for sub in (
+                "redis", "s3", "airflow", "logs", "run", "supervisord.conf"))):
             if target.is_dir():
                 shutil.rmtree(target)
             elif target.exists():
