@@ -10,7 +10,8 @@ import mlflow
 import pytest
 
 from chicago_crime import layout
-from chicago_crime.airflow_api import AirflowClient, AirflowError
+from chicago_crime.airflow_api import AirflowClient
+from chicago_crime.demo import run_etl
 from chicago_crime.ingest import crime_months
 from chicago_crime.lake import Lake
 from chicago_crime.portal import crimes_export_path, read_export
@@ -19,19 +20,6 @@ pytestmark = pytest.mark.integration
 
 DAG_ID = "etl_with_taskflow"
 MONTH = "2018-06"
-RUN_ID = f"manual__{MONTH}"
-
-
-def run_month(client: AirflowClient, month: str, run_id: str) -> dict:
-    """Trigger the month's run (logical date = end of the interval), or clear it if it exists."""
-    _, end = layout.month_bounds(month)
-    try:
-        client.trigger(DAG_ID, logical_date=end.isoformat() + "Z", run_id=run_id)
-    except AirflowError as exc:
-        if "409" not in str(exc):
-            raise
-        client.clear_run(DAG_ID, run_id)
-    return client.wait_for_run(DAG_ID, run_id, timeout=900)
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +27,7 @@ def etl_run(stack_settings):
     client = AirflowClient(stack_settings)
     client.wait_for_dag(DAG_ID)
     client.set_paused(DAG_ID, False)
-    run = run_month(client, MONTH, RUN_ID)
+    run = run_etl(client, MONTH)
     return client, run
 
 
@@ -106,5 +94,5 @@ def test_rerunning_the_month_changes_no_object(etl_run, stack_settings):
     client, _ = etl_run
     lake = Lake(settings=stack_settings)
     before = lake.snapshot()
-    run_month(client, MONTH, RUN_ID)
+    run_etl(client, MONTH)
     assert lake.snapshot() == before

@@ -113,3 +113,32 @@ def test_local_up_twice_is_harmless():
     assert "restarting" not in proc.stdout
     assert _pids() == before
     assert stack.status() == 0
+
+
+def test_status_names_a_killed_service_and_up_restores_it(capsys):
+    """Kill one service for real: `status` says which one is down; `up` brings it back."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from chicago_crime import stack
+
+    pid = int(stack._ctl("pid", "api").stdout.strip())
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while stack._states().get("api") == "RUNNING" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    capsys.readouterr()
+    assert stack.status() == 1
+    out = capsys.readouterr().out
+    assert "service(s) down: api" in out
+    assert [line for line in out.splitlines() if line.startswith("DOWN")] == [
+        line for line in out.splitlines() if line.startswith("DOWN") and " api " in line]
+    env = {**os.environ,
+           "REPLAY_DATA_DIR": stack.running_env().get("REPLAY_DATA_DIR", "")}
+    proc = subprocess.run([sys.executable, "-m", "chicago_crime.stack", "up"], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert stack.status() == 0
