@@ -40,41 +40,62 @@ def external_requests(urls: list[str]) -> list[str]:
 def airflow_login(page: Any, settings: Any, screenshots: Path) -> None:
     """Sign in through Airflow's SimpleAuthManager login form."""
     page.goto(settings.airflow_url + "/")
-    username = page.get_by_label(re.compile("username", re.I))
+    username = page.get_by_label("Username")
     expect(username).to_be_visible(timeout=UI_TIMEOUT)
     shot(page, screenshots, "airflow_1_login")
     username.fill(settings.airflow_admin_user)
-    page.get_by_label(re.compile("password", re.I)).fill(
-        settings.airflow_admin_password.get_secret_value())
-    page.get_by_role("button", name=re.compile("sign in|log ?in", re.I)).click()
-    page.wait_for_url(lambda url: "/auth/login" not in url, timeout=UI_TIMEOUT)
+    page.get_by_label("Password").fill(settings.airflow_admin_password.get_secret_value())
+    page.get_by_role("button", name="Sign in").click()
+    expect(username).to_be_hidden(timeout=UI_TIMEOUT)
 
 
-def test_airflow_lists_both_dags_with_a_successful_run(journey, page, stack_settings,
+def latest_successful_run(airflow: Any, dag_id: str) -> str:
+    runs = airflow.runs(dag_id, state="success", order_by="-run_after", limit=1)
+    assert runs, f"{dag_id} has no successful run"
+    return runs[0]["dag_run_id"]
+
+
+def test_airflow_lists_both_dags_with_a_successful_run(journey, page, airflow, stack_settings,
                                                        screenshots) -> None:
     airflow_login(page, stack_settings, screenshots)
-    # the DAG list, filtered to DAGs whose latest run succeeded
-    page.goto(f"{stack_settings.airflow_url}/dags?last_dag_run_state=success")
+    page.goto(f"{stack_settings.airflow_url}/dags")
     for dag_id in (ETL_DAG, TRAIN_DAG):
         expect(page.get_by_role("link", name=dag_id, exact=True).first).to_be_visible(
             timeout=UI_TIMEOUT)
-    shot(page, screenshots, "airflow_2_dags_success")
-    # each DAG's run list shows a successful run
+    shot(page, screenshots, "airflow_2_dags")
+    # each DAG's runs tab, filtered to successful runs, shows its latest successful run
     for dag_id in (ETL_DAG, TRAIN_DAG):
+        run_id = latest_successful_run(airflow, dag_id)
         page.goto(f"{stack_settings.airflow_url}/dags/{dag_id}/runs?state=success")
-        expect(page.get_by_text(re.compile(r"^success$", re.I)).first).to_be_visible(
-            timeout=UI_TIMEOUT)
+        row = page.get_by_role("row").filter(
+            has=page.get_by_role("link", name=run_id, exact=True))
+        expect(row.get_by_text("Success", exact=True)).to_be_visible(timeout=UI_TIMEOUT)
         shot(page, screenshots, f"airflow_3_{dag_id}_runs")
 
 
-def test_mlflow_shows_the_search_experiment(journey, page, stack_settings,
-                                            screenshots) -> None:
+def close_assistant(page: Any) -> None:
+    """Fold MLflow's assistant side panel away (it hides part of the page in screenshots)."""
+    close = page.get_by_role("button", name="Close")
+    if close.count() == 1 and close.is_visible():
+        close.click()
+
+
+def test_mlflow_shows_the_experiments(journey, page, stack_settings, mlflow_client,
+                                      screenshots) -> None:
     page.goto(f"{stack_settings.mlflow_tracking_uri}/#/experiments")
-    expect(page.get_by_text(stack_settings.search_experiment, exact=True).first).to_be_visible(
-        timeout=UI_TIMEOUT)
-    expect(page.get_by_text(stack_settings.etl_experiment, exact=True).first).to_be_visible(
-        timeout=UI_TIMEOUT)
+    for name in (stack_settings.search_experiment, stack_settings.etl_experiment):
+        expect(page.get_by_role("link", name=name, exact=True)).to_be_visible(
+            timeout=UI_TIMEOUT)
+    close_assistant(page)
     shot(page, screenshots, "mlflow_1_experiments")
+    # the search experiment's training runs: the month's parent run (trials nest under it)
+    experiment = mlflow_client.get_experiment_by_name(stack_settings.search_experiment)
+    page.goto(f"{stack_settings.mlflow_tracking_uri}/#/experiments/"
+              f"{experiment.experiment_id}/runs")
+    expect(page.get_by_text(f"train-{journey.month}", exact=True).first).to_be_visible(
+        timeout=UI_TIMEOUT)
+    close_assistant(page)
+    shot(page, screenshots, "mlflow_2_search_runs")
 
 
 def test_mlflow_shows_the_champion_alias(journey, page, stack_settings, mlflow_client,
@@ -83,11 +104,15 @@ def test_mlflow_shows_the_champion_alias(journey, page, stack_settings, mlflow_c
                                          registry.CHAMPION)
     assert champion is not None
     page.goto(f"{stack_settings.mlflow_tracking_uri}/#/models/{stack_settings.model_name}")
-    expect(page.get_by_text(stack_settings.model_name).first).to_be_visible(timeout=UI_TIMEOUT)
-    # the versions table tags the champion version with its alias
-    row = page.get_by_role("row").filter(has_text=f"Version {champion.version}")
-    expect(row.get_by_text(registry.CHAMPION)).to_be_visible(timeout=UI_TIMEOUT)
-    shot(page, screenshots, "mlflow_2_registered_model")
+    expect(page.get_by_text(stack_settings.model_name, exact=True).first).to_be_visible(
+        timeout=UI_TIMEOUT)
+    # the versions table shows the alias on the champion's row (rendered "@ champion")
+    version_link = page.get_by_role("link", name=f"Version {champion.version}", exact=True)
+    row = page.get_by_role("row").filter(has=version_link)
+    expect(row.get_by_text(re.compile(rf"^@\s*{registry.CHAMPION}$"))).to_be_visible(
+        timeout=UI_TIMEOUT)
+    close_assistant(page)
+    shot(page, screenshots, "mlflow_3_registered_model")
 
 
 def test_api_docs_render_offline(journey, page, stack_settings, screenshots) -> None:
