@@ -21,6 +21,23 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
+def replay(shared_data):
+    """One Socrata replay server over the real exports for the whole session."""
+    from chicago_crime.replay import ReplayServer
+
+    with ReplayServer(shared_data) as server:
+        yield server
+
+
+@pytest.fixture
+def server(replay):
+    """The replay server with no faults injected and fresh request counts."""
+    replay.clear_faults()
+    replay.reset_stats()
+    return replay
+
+
+@pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
     """An in-process S3 server (moto) for fast unit tests; any credentials are accepted."""
     from moto.server import ThreadedMotoServer

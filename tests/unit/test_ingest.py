@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,17 +55,6 @@ def fresh(settings: Settings, **overrides: Any) -> tuple[Settings, Lake, Socrata
     return s, lake, SocrataClient(s)
 
 
-@pytest.fixture(scope="module")
-def replay(shared_data) -> Iterator[ReplayServer]:
-    with ReplayServer(shared_data) as server:
-        yield server
-
-
-@pytest.fixture
-def server(replay: ReplayServer) -> ReplayServer:
-    replay.clear_faults()
-    replay.reset_stats()
-    return replay
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import pandas as pd
 import pytest
@@ -24,17 +23,6 @@ from chicago_crime.replay import (
 JUNE = "date >= '2018-06-01T00:00:00' AND date < '2018-07-01T00:00:00'"
 
 
-@pytest.fixture(scope="module")
-def replay(shared_data) -> Iterator[ReplayServer]:
-    with ReplayServer(shared_data) as server:
-        yield server
-
-
-@pytest.fixture
-def server(replay: ReplayServer) -> ReplayServer:
-    replay.clear_faults()
-    replay.reset_stats()
-    return replay
 
 
 def get(server: ReplayServer, dataset: str = CRIMES_DATASET, **params: object,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 
 import pandas as pd
 import pytest
@@ -13,19 +12,6 @@ from chicago_crime.layout import month_bounds
 from chicago_crime.portal import CRIME_FIELDS, STATION_FIELDS, crimes_export_path, read_export
 from chicago_crime.replay import CRIMES_DATASET, STATIONS_DATASET, ReplayServer
 from chicago_crime.socrata import SocrataClient, SocrataError, records_to_frame
-
-
-@pytest.fixture(scope="module")
-def replay(shared_data) -> Iterator[ReplayServer]:
-    with ReplayServer(shared_data) as server:
-        yield server
-
-
-@pytest.fixture
-def server(replay: ReplayServer) -> ReplayServer:
-    replay.clear_faults()
-    replay.reset_stats()
-    return replay
 
 
 def client_for(server: ReplayServer, **overrides: object) -> SocrataClient:
