@@ -76,9 +76,9 @@ def test_demo_served_a_champion(journey, airflow, stack_settings) -> None:
     etl_run = airflow.run(ETL_DAG, f"manual__{journey.month}")
     assert etl_run["state"] == "success"
     assert etl_run["data_interval_start"].startswith(f"{journey.month}-01")
-    trained = airflow.runs(TRAIN_DAG, order_by="-run_after", limit=1)[0]
-    assert trained["state"] == "success"
-    assert trained["run_after"] >= etl_run["start_date"]
+    followers = [r for r in airflow.runs(TRAIN_DAG, order_by="-run_after", limit=20)
+                 if r["run_type"] == "asset_triggered" and r["run_after"] >= etl_run["start_date"]]
+    assert any(r["state"] == "success" for r in followers), followers
 
 
 def test_raw_partitions_hold_every_exported_record(journey, lake, shared_data,
