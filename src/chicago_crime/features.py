@@ -55,6 +55,9 @@ Y_BOUNDS = (1_750_000.0, 2_000_000.0)
 #: Plausible lat/lon bounds used before projecting lat/lon when x/y are missing.
 LAT_BOUNDS = (41.0, 43.0)
 LON_BOUNDS = (-89.0, -87.0)
+#: Frames with at most this many located rows find the nearest station with a NumPy distance
+#: matrix (fast on serving-size batches); larger frames use ``geopandas.sjoin_nearest``.
+MATRIX_NEAREST_MAX_ROWS = 5_000
 
 SEASON_BY_MONTH: dict[int, str] = {
     12: "Winter", 1: "Winter", 2: "Winter",
@@ -255,6 +258,50 @@ def _column(df: pd.DataFrame, name: str) -> np.ndarray:
     return np.full(len(df), None, dtype=object)
 
 
+def _calendar(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(hour, day_of_week, month) of the ``date`` column: :func:`parse_when` of each value
+    (read from the ``.dt`` accessor when the column is already a datetime column)."""
+    if "date" in df.columns and pd.api.types.is_datetime64_any_dtype(df["date"].dtype):
+        parts = df["date"].dt
+        hour, dow, month = (getattr(parts, a).to_numpy(dtype=float, na_value=np.nan)
+                            for a in ("hour", "weekday", "month"))
+        return hour, dow, month
+    n = len(df)
+    when = _map_unique(_column(df, "date"), parse_when)
+    return tuple(np.fromiter((w[i] for w in when), dtype=float, count=n)  # type: ignore[return-value]
+                 for i in range(3))
+
+
+#: Value types whose NumPy object -> float cast is Python's ``float()`` (as in :func:`to_float`).
+_PLAIN_NUMBER_TYPES = frozenset({str, float, int, bool, type(None), np.float64, np.int64})
+
+
+def _floats(df: pd.DataFrame, name: str) -> np.ndarray:
+    """:func:`to_float` of every value of a column, vectorised when that gives the same result.
+
+    Numeric columns are read as floats; object columns whose values are all plain numbers,
+    strings or None are cast by NumPy (which calls ``float()`` and maps None to NaN); anything
+    else (blank strings, unparseable text, exotic objects) falls back to :func:`to_float` per
+    distinct value. Non-finite values become NaN in every case.
+    """
+    if name not in df.columns:
+        return np.full(len(df), np.nan)
+    col = df[name]
+    if pd.api.types.is_numeric_dtype(col.dtype):
+        out = col.to_numpy(dtype=float, na_value=np.nan)
+    else:
+        values = col.to_numpy(dtype=object)
+        try:
+            if not set(map(type, values)) <= _PLAIN_NUMBER_TYPES:
+                raise TypeError("not plain values")
+            out = values.astype(float)
+        except (TypeError, ValueError):
+            return _map_unique(values, to_float).astype(float)
+    out = np.array(out, dtype=float, copy=True)
+    out[~np.isfinite(out)] = np.nan
+    return out
+
+
 def _as_frame(X: Any) -> pd.DataFrame:
     if isinstance(X, pd.DataFrame):
         return X
@@ -266,12 +313,29 @@ def _as_frame(X: Any) -> pd.DataFrame:
 # --------------------------------------------------------------------------------------------
 # enrichment
 # --------------------------------------------------------------------------------------------
-def prepare_stations(stations: pd.DataFrame) -> pd.DataFrame:
-    """District stations (``district``, ``x``, ``y`` in EPSG:3435) from a station table.
+StationTable = pd.DataFrame | Mapping[str, Sequence[Any]]
+
+
+def plain_station_table(stations: StationTable) -> dict[str, list[Any]]:
+    """A station table as ``{column: [values]}`` of plain Python values (missing -> None).
+
+    This is what a serialised :class:`CrimeEnricher` keeps: skops cannot save DataFrames.
+    """
+    frame = pd.DataFrame(stations).astype(object)
+    return {str(col): [None if is_missing(v) else (v.item() if isinstance(v, np.generic) else v)
+                       for v in frame[col].tolist()]
+            for col in frame.columns}
+
+
+def prepare_stations(stations: StationTable | None) -> pd.DataFrame:
+    """District stations (``district``, ``x``, ``y`` in EPSG:3435) from a station table
+    (a DataFrame or ``{column: [values]}``).
 
     Rows whose district is not a number (the ``Headquarters`` row) are not district stations.
     Stations without x/y but with lat/lon are projected.
     """
+    if isinstance(stations, Mapping):
+        stations = pd.DataFrame(stations)
     if stations is None or len(stations) == 0:
         raise ValueError("a non-empty police station table is required")
     out = []
@@ -307,16 +371,27 @@ def _coordinates(rec: Mapping[str, Any]) -> tuple[float, float]:
 class CrimeEnricher(TransformerMixin, BaseEstimator):
     """Raw Socrata records -> typed, enriched columns (:data:`ENRICHED_COLUMNS`).
 
-    ``stations`` is the police station table (``portal.STATION_FIELDS``); it is captured at fit
-    time, so a fitted (pickled) enricher needs no external data. Extra record fields are ignored;
-    rows without usable coordinates are kept with NaN distance and no nearest station.
+    ``stations`` is the police station table (``portal.STATION_FIELDS``), a DataFrame or
+    ``{column: [values]}``; ``fit`` keeps what ``transform`` needs as plain arrays
+    (``station_district_``, ``station_x_``, ``station_y_``), so a fitted enricher needs no
+    external data. Serialised copies (pickle, joblib, skops) hold the table as
+    ``{column: [values]}`` (see :meth:`__getstate__`), which skops can save and which still
+    clones and refits. Extra record fields are ignored; rows without usable coordinates are
+    kept with NaN distance and no nearest station.
     """
 
-    def __init__(self, stations: pd.DataFrame | None = None) -> None:
+    def __init__(self, stations: StationTable | None = None) -> None:
         self.stations = stations
 
+    def __getstate__(self) -> dict[str, Any]:
+        """The state to serialise, with a DataFrame station table as plain data."""
+        state = super().__getstate__()
+        if isinstance(state.get("stations"), pd.DataFrame):
+            state = {**state, "stations": plain_station_table(state["stations"])}
+        return state
+
     def fit(self, X: Any = None, y: Any = None) -> CrimeEnricher:
-        table = prepare_stations(self.stations)  # type: ignore[arg-type]
+        table = prepare_stations(self.stations)
         self.station_district_ = table["district"].tolist()
         self.station_x_ = table["x"].to_numpy(dtype=float)
         self.station_y_ = table["y"].to_numpy(dtype=float)
@@ -330,33 +405,27 @@ class CrimeEnricher(TransformerMixin, BaseEstimator):
     def transform(self, X: Any) -> pd.DataFrame:
         check_is_fitted(self, "station_x_")
         df = _as_frame(X)
-        n = len(df)
         out: dict[str, Any] = {}
         for name, func in CATEGORICAL_NORMALIZERS.items():
             out[name] = _map_unique(_column(df, name), func)
-        when = _map_unique(_column(df, "date"), parse_when)
-        hour = np.fromiter((w[0] for w in when), dtype=float, count=n)
-        dow = np.fromiter((w[1] for w in when), dtype=float, count=n)
-        month = np.fromiter((w[2] for w in when), dtype=float, count=n)
+        hour, dow, month = _calendar(df)
         out["season"] = _map_unique(month, season_of)
         out["day_time"] = _map_unique(hour, day_time_of)
         domestic = _map_unique(_column(df, "domestic"), to_bool).astype(float)
 
-        x = _map_unique(_column(df, "x_coordinate"), to_float).astype(float)
-        y = _map_unique(_column(df, "y_coordinate"), to_float).astype(float)
-        lat = _map_unique(_column(df, "latitude"), to_float).astype(float)
-        lon = _map_unique(_column(df, "longitude"), to_float).astype(float)
+        x, y = _floats(df, "x_coordinate"), _floats(df, "y_coordinate")
+        lat, lon = _floats(df, "latitude"), _floats(df, "longitude")
         x, y = self._project(x, y, lat, lon)
         dist, station = self._nearest(x, y)
         out[STATION_COL] = station
         numeric = {"domestic": domestic, "hour": hour, "day_of_week": dow, "month": month,
                    "x_coordinate": x, "y_coordinate": y, DIST_COL: dist}
-        frame = pd.DataFrame(
-            {c: (pd.Series(out[c], index=df.index, dtype=object) if c in out
-                 else pd.Series(numeric[c], index=df.index, dtype=float))
-             for c in ENRICHED_COLUMNS}
+        return pd.DataFrame(
+            {c: (pd.Series(out[c], index=df.index, dtype=object, copy=False) if c in out
+                 else pd.Series(numeric[c], index=df.index, dtype=float, copy=False))
+             for c in ENRICHED_COLUMNS},
+            index=df.index,  # same index everywhere: no alignment
         )
-        return frame
 
     @staticmethod
     def _project(x: np.ndarray, y: np.ndarray, lat: np.ndarray, lon: np.ndarray,
@@ -377,30 +446,56 @@ class CrimeEnricher(TransformerMixin, BaseEstimator):
         return x, y
 
     def _nearest(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Distance (feet) to and district of the nearest station (geopandas.sjoin_nearest)."""
+        """Distance (feet) to and district of the nearest station, in the EPSG:3435 plane.
+
+        Up to :data:`MATRIX_NEAREST_MAX_ROWS` located rows use a NumPy distance matrix (the
+        serving path: no GeoDataFrame set-up); larger frames (the ETL) use
+        ``geopandas.sjoin_nearest``. Both give bitwise-identical distances and stations (tested on
+        the real 12-month window). Equidistant stations resolve to the lowest district number.
+        """
         n = len(x)
         dist = np.full(n, np.nan)
         station = np.full(n, None, dtype=object)
         valid = np.flatnonzero(~np.isnan(x) & ~np.isnan(y))
         if len(valid) == 0:
             return dist, station
+        find = self._nearest_matrix if len(valid) <= MATRIX_NEAREST_MAX_ROWS \
+            else self._nearest_sjoin
+        dist[valid], best = find(x[valid], y[valid])
+        station[valid] = np.asarray(self.station_district_, dtype=object)[best]
+        return dist, station
+
+    def _nearest_matrix(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(distance, station index) of located points: the full points x stations matrix.
+
+        ``sqrt(dx*dx + dy*dy)`` is GEOS's point distance; ``argmin`` over the (rounded) distances
+        picks the first, i.e. lowest-numbered, of equidistant stations, as ``_nearest_sjoin``.
+        """
+        dx = x[:, None] - self.station_x_[None, :]
+        dy = y[:, None] - self.station_y_[None, :]
+        d = np.sqrt(dx * dx + dy * dy)
+        best = np.argmin(d, axis=1)
+        return d[np.arange(len(x)), best], best
+
+    def _nearest_sjoin(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(distance, station index) of located points with ``geopandas.sjoin_nearest``."""
         points = gpd.GeoDataFrame(
-            {"row": valid}, geometry=gpd.points_from_xy(x[valid], y[valid]), crs=CRS_FEET
+            {"row": np.arange(len(x))}, geometry=gpd.points_from_xy(x, y), crs=CRS_FEET
         )
         stations = gpd.GeoDataFrame(
             {"station": np.arange(len(self.station_x_))},
             geometry=gpd.points_from_xy(self.station_x_, self.station_y_), crs=CRS_FEET,
         )
         joined = gpd.sjoin_nearest(points, stations, how="left", distance_col=DIST_COL)
-        # equidistant stations give several rows: keep the lowest station number, as
-        # transform_record (argmin) does
+        # equidistant stations give several rows: keep the lowest station number
         joined = joined.sort_values(["row", "station"], kind="stable")
         joined = joined.drop_duplicates("row", keep="first")
+        dist = np.empty(len(x))
+        best = np.empty(len(x), dtype=np.intp)
         rows = joined["row"].to_numpy()
         dist[rows] = joined[DIST_COL].to_numpy(dtype=float)
-        names = np.asarray(self.station_district_, dtype=object)
-        station[rows] = names[joined["station"].to_numpy()]
-        return dist, station
+        best[rows] = joined["station"].to_numpy()
+        return dist, best
 
     # -- one record ---------------------------------------------------------------------------
     def transform_record(self, record: Mapping[str, Any]) -> dict[str, Any]:
@@ -415,9 +510,9 @@ class CrimeEnricher(TransformerMixin, BaseEstimator):
         else:
             dx = x - self.station_x_
             dy = y - self.station_y_
-            d2 = dx * dx + dy * dy
-            best = int(np.argmin(d2))
-            dist, station = float(np.sqrt(d2[best])), self.station_district_[best]
+            d = np.sqrt(dx * dx + dy * dy)  # as _nearest_matrix: same ties, same rounding
+            best = int(np.argmin(d))
+            dist, station = float(d[best]), self.station_district_[best]
         out[STATION_COL] = station
         out["season"] = season_of(month)
         out["day_time"] = day_time_of(hour)
@@ -809,7 +904,7 @@ class MutualInfoSelector(TransformerMixin, BaseEstimator):
 # --------------------------------------------------------------------------------------------
 # factories and the per-record chain
 # --------------------------------------------------------------------------------------------
-def make_feature_steps(stations: pd.DataFrame, seed: int = 0) -> list[tuple[str, Any]]:
+def make_feature_steps(stations: StationTable, seed: int = 0) -> list[tuple[str, Any]]:
     """The standard fitted feature steps: enrich, outliers, encode, scale (all unfitted)."""
     return [
         ("enrich", CrimeEnricher(stations)),

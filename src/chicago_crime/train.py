@@ -22,7 +22,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
@@ -108,20 +107,6 @@ def _require(lake: Lake, key: str) -> str:
     if not lake.exists(key):
         raise TrainingDataMissing(f"{lake.uri(key)} is missing: run the ETL for this month")
     return key
-
-
-def servable(step: Any) -> Any:
-    """The fitted step as it goes into the served model.
-
-    The enricher keeps the station table it was constructed with as a pandas DataFrame,
-    which skops cannot serialise; its fitted station coordinates (``station_x_``,
-    ``station_y_``, ``station_district_``) are what ``transform`` uses, so a copy without the
-    constructor table transforms identically.
-    """
-    if isinstance(step, F.CrimeEnricher) and isinstance(step.stations, pd.DataFrame):
-        step = copy.deepcopy(step)
-        step.stations = None
-    return step
 
 
 def load_month(month: str, lake: Lake, settings: Settings) -> MonthData:
@@ -214,8 +199,12 @@ def fit_calibrated(params: dict[str, Any], X: pd.DataFrame, y: np.ndarray, seed:
 
 
 def assemble(steps: list[tuple[str, Any]], classifier: Any) -> Pipeline:
-    """The served model: the ETL's fitted steps followed by the calibrated classifier."""
-    return Pipeline([*((name, servable(step)) for name, step in steps), ("clf", classifier)])
+    """The served model: the ETL's fitted steps followed by the calibrated classifier.
+
+    The steps serialise with skops as they are (the enricher saves its station table as plain
+    data, see ``features.CrimeEnricher.__getstate__``).
+    """
+    return Pipeline([*steps, ("clf", classifier)])
 
 
 # --------------------------------------------------------------------------------------------

@@ -11,13 +11,17 @@ from datetime import datetime, timedelta
 import numpy as np
 import pandas as pd
 import pytest
+import skops.io
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from imblearn.pipeline import Pipeline
 from pyproj import Geod
 from scipy.spatial import cKDTree
+from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
 
 from chicago_crime import features as F
-from chicago_crime import portal
+from chicago_crime import layout, portal
 
 US_FOOT_M = 1200 / 3937  # EPSG:3435 unit (US survey foot) in metres
 MONTHS = ("2018-05", "2018-06")
@@ -128,6 +132,114 @@ def test_lat_lon_is_projected_when_x_y_are_missing(enricher, raw, enriched):
     gap = np.abs(projected[F.DIST_COL] - reference[F.DIST_COL]) * US_FOOT_M
     assert gap.max() < 1.0
     assert (projected[F.STATION_COL] == reference[F.STATION_COL]).mean() > 0.99
+
+
+# -- enrichment: nearest station, matrix and sjoin_nearest paths --------------------------------
+@pytest.fixture(scope="module")
+def window_xy(shared_data) -> tuple[np.ndarray, np.ndarray]:
+    """Located EPSG:3435 points of every record of the 12-month window ending 2018-06."""
+    months = layout.month_range("2018-06", 12)
+    frames = [portal.read_export(portal.crimes_export_path(shared_data, m)) for m in months]
+    raw12 = pd.concat(frames, ignore_index=True)
+    x, y = F._floats(raw12, "x_coordinate"), F._floats(raw12, "y_coordinate")
+    x, y = F.CrimeEnricher._project(x, y, F._floats(raw12, "latitude"),
+                                    F._floats(raw12, "longitude"))
+    located = ~np.isnan(x) & ~np.isnan(y)
+    assert len(raw12) > 260_000 and located.sum() > 0.98 * len(raw12)
+    return x[located], y[located]
+
+
+def test_matrix_and_sjoin_nearest_are_identical_on_the_12_month_window(enricher, window_xy):
+    x, y = window_xy
+    dist_sjoin, best_sjoin = enricher._nearest_sjoin(x, y)
+    size = F.MATRIX_NEAREST_MAX_ROWS
+    parts = [enricher._nearest_matrix(x[i:i + size], y[i:i + size])
+             for i in range(0, len(x), size)]
+    dist_matrix = np.concatenate([d for d, _ in parts])
+    best_matrix = np.concatenate([b for _, b in parts])
+    np.testing.assert_array_equal(best_matrix, best_sjoin)
+    np.testing.assert_array_equal(dist_matrix, dist_sjoin)  # bitwise, not approximately
+
+
+def test_transform_uses_the_matrix_below_the_size_limit_and_sjoin_above(
+        enricher, raw, enriched, monkeypatch):
+    calls: list[str] = []
+    for name in ("_nearest_matrix", "_nearest_sjoin"):
+        method = getattr(F.CrimeEnricher, name)
+        monkeypatch.setattr(F.CrimeEnricher, name,
+                            lambda self, x, y, m=method, n=name: calls.append(n) or m(self, x, y))
+    small = raw.sample(F.MATRIX_NEAREST_MAX_ROWS, random_state=8)
+    pd.testing.assert_frame_equal(enricher.transform(small), enriched.loc[small.index])
+    assert calls == ["_nearest_matrix"]
+    assert len(raw) > F.MATRIX_NEAREST_MAX_ROWS
+    monkeypatch.setattr(F, "MATRIX_NEAREST_MAX_ROWS", 10 ** 9)
+    pd.testing.assert_frame_equal(enricher.transform(raw), enriched)
+    assert calls == ["_nearest_matrix", "_nearest_matrix"]
+
+
+def test_equidistant_stations_resolve_to_the_lowest_district_in_every_path():
+    cx, cy = 1_150_000.0, 1_900_000.0
+    # districts 9, 3 and 5 exactly 300 ft from the point (300, 0), (-180, 240), (0, -300)
+    table = pd.DataFrame({"district": ["9", "3", "5", "1"],
+                          "x_coordinate": [cx + 300, cx - 180, cx, cx + 5000],
+                          "y_coordinate": [cy, cy + 240, cy - 300, cy + 5000]})
+    enr = F.CrimeEnricher(table).fit()
+    assert enr.station_district_ == ["1", "3", "5", "9"]
+    point = {"x_coordinate": cx, "y_coordinate": cy}
+    x, y = np.array([cx, cx + 300.0]), np.array([cy, cy + 300.0])
+    for find in (enr._nearest_matrix, enr._nearest_sjoin):
+        dist, best = find(x, y)
+        assert [enr.station_district_[b] for b in best] == ["3", "9"]
+        assert dist.tolist() == [300.0, 300.0]
+    assert enr.transform_record(point)[F.STATION_COL] == "3"
+    assert enr.transform(pd.DataFrame([point]))[F.STATION_COL].tolist() == ["3"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(
+    st.none(), st.booleans(), st.integers(-10 ** 20, 10 ** 20), st.floats(),
+    st.floats(allow_nan=False).map(str), st.integers().map(lambda i: f" {i} "),
+    st.sampled_from(["", " ", "nan", "-inf", "1e400", "1_000", "abc", "0x10"]), st.text(),
+), min_size=1, max_size=30))
+def test_vectorised_float_column_equals_to_float_per_value(values):
+    frame = pd.DataFrame({"v": pd.Series(values, dtype=object)})
+    expected = [F.to_float(v) for v in values]
+    np.testing.assert_array_equal(F._floats(frame, "v"), np.array(expected, dtype=float))
+
+
+def test_datetime_date_column_gives_the_same_calendar_as_strings(enricher):
+    text = pd.Series(["2018-06-04T13:05:00.000", None, "2017-12-31T23:59:59.000"])
+    as_dates = pd.DataFrame({"date": pd.to_datetime(text)})
+    assert as_dates["date"].dtype.kind == "M"
+    a = enricher.transform(as_dates)
+    b = enricher.transform(pd.DataFrame({"date": text}))
+    pd.testing.assert_frame_equal(a, b)
+    assert a["hour"].tolist()[::2] == [13.0, 23.0] and math.isnan(a["hour"].iloc[1])
+
+
+# -- serialisation --------------------------------------------------------------------------------
+def test_fitted_enricher_round_trips_through_skops_and_still_clones(enricher, stations, raw):
+    blob = skops.io.dumps(enricher)
+    assert skops.io.get_untrusted_types(data=blob) == ["chicago_crime.features.CrimeEnricher"]
+    loaded = skops.io.loads(blob, trusted=["chicago_crime.features.CrimeEnricher"])
+    assert isinstance(enricher.stations, pd.DataFrame)  # the live object is untouched
+    assert loaded.stations == F.plain_station_table(stations)
+    assert not any(isinstance(v, pd.DataFrame | pd.Series) for v in vars(loaded).values())
+    sample = raw.sample(2000, random_state=9)
+    pd.testing.assert_frame_equal(loaded.transform(sample), enricher.transform(sample))
+    refit = clone(loaded).fit()
+    assert refit.station_district_ == enricher.station_district_
+    np.testing.assert_array_equal(refit.station_x_, enricher.station_x_)
+    assert clone(enricher).get_params()["stations"] is not enricher.stations
+    pd.testing.assert_frame_equal(clone(enricher).get_params()["stations"], stations)
+
+
+def test_fitted_pipeline_saves_with_skops_and_predicts_the_same(fitted_pipeline, raw):
+    blob = skops.io.dumps(fitted_pipeline)
+    loaded = skops.io.loads(blob, trusted=skops.io.get_untrusted_types(data=blob))
+    sample = raw.sample(300, random_state=10)
+    np.testing.assert_array_equal(loaded.predict_proba(sample),
+                                  fitted_pipeline.predict_proba(sample))
 
 
 # -- enrichment: calendar -----------------------------------------------------------------------

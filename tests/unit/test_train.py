@@ -82,6 +82,7 @@ def test_served_pipeline_is_built_from_the_etl_fitted_steps(trained: dict[str, A
     np.testing.assert_array_equal(steps["scale"].mean_, stored_scaler.mean_)
     assert steps["select"].selected_ == stored_selector.selected_
     np.testing.assert_array_equal(steps["enrich"].station_x_, stored_enricher.station_x_)
+    assert isinstance(steps["enrich"].stations, dict)  # saved by skops as plain data
     assert not any(hasattr(step, "fit_resample") for _, step in model.steps)  # no sampler
 
 
