@@ -251,6 +251,7 @@ def etl_quality_metrics(month: str, settings: Settings | None = None,
     (``ingest_invalid_rows``, ``ingest_duplicate_rows``) that no lake report holds.
     """
     s = settings or get_settings()
+    _quiet_mlflow()
     client = client or registry.client_for(s)
     experiment = client.get_experiment_by_name(s.etl_experiment)
     if experiment is None:
@@ -259,6 +260,28 @@ def etl_quality_metrics(month: str, settings: Settings | None = None,
                               filter_string=f"tags.month = '{month}' and tags.latest = 'true'",
                               order_by=["attributes.start_time DESC"], max_results=1)
     return dict(runs[0].data.metrics) if runs else {}
+
+
+def stage_table(reports: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per ETL stage report: rows in/out (per part), arrest rate(s) and seconds."""
+    rows = []
+    for stage, rep in reports.items():
+        row: dict[str, Any] = {"stage": stage}
+        for direction in ("rows_in", "rows_out"):
+            value = rep.get(direction)
+            if isinstance(value, Mapping):
+                row.update({f"{direction}_{part}": n for part, n in value.items()})
+            else:
+                row[direction] = value
+        balance = rep.get("class_balance") or {}
+        if "arrest_rate" in balance:
+            row["arrest_rate"] = balance["arrest_rate"]
+        else:
+            row.update({f"arrest_rate_{part}": (b or {}).get("arrest_rate")
+                        for part, b in balance.items()})
+        row["seconds"] = rep.get("seconds")
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def quality_summary(enriched: pd.DataFrame, reports: Mapping[str, Mapping[str, Any]],
@@ -325,10 +348,19 @@ class RegisteredModel:
         return np.asarray(self.model.predict_proba(model_input(raw))[:, 1], dtype=float)
 
 
+def _quiet_mlflow() -> None:
+    """No tqdm noise in notebooks: MLflow's download progress bars are turned off, and tqdm's
+    warning about kernels without ipywidgets is silenced."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message="IProgress not found")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
 def _configure_mlflow(settings: Settings) -> None:
+    _quiet_mlflow()
     import mlflow
 
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     mlflow.set_registry_uri(settings.mlflow_tracking_uri)
 
