@@ -125,6 +125,13 @@ def _distance_label(low: float, high: float) -> str:
     return f">= {miles(low)} mi" if math.isinf(high) else f"{miles(low)}-{miles(high)} mi"
 
 
+def _label(value: Any) -> str:
+    """Axis label of a group value (whole floats such as hours without ``.0``)."""
+    if isinstance(value, float | np.floating) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
+
+
 def plot_arrest_rates(table: pd.DataFrame, by: str, title: str | None = None,
                       top: int | None = None, overall: float | None = None,
                       horizontal: bool | None = None) -> Any:
@@ -132,7 +139,7 @@ def plot_arrest_rates(table: pd.DataFrame, by: str, title: str | None = None,
     plt = _pyplot()
     data = table.head(top) if top else table
     horizontal = len(data) > 12 if horizontal is None else horizontal
-    labels = [str(v) for v in data[by]]
+    labels = [_label(v) for v in data[by]]
     if horizontal:
         fig, ax = plt.subplots(figsize=(7, max(3.0, 0.28 * len(data) + 1)))
         ax.barh(labels[::-1], data["arrest_rate"].to_numpy()[::-1])
@@ -143,7 +150,7 @@ def plot_arrest_rates(table: pd.DataFrame, by: str, title: str | None = None,
         fig, ax = plt.subplots(figsize=(max(5.0, 0.45 * len(data) + 2), 3.8))
         ax.bar(labels, data["arrest_rate"].to_numpy())
         ax.set(xlabel=by, ylabel="arrest rate")
-        ax.tick_params(axis="x", rotation=45 if len(data) > 8 else 0)
+        ax.tick_params(axis="x", rotation=45 if max(map(len, labels), default=0) > 3 else 0)
         if overall is not None:
             ax.axhline(overall, linestyle=":", color="grey", label=f"overall {overall:.1%}")
     if overall is not None:
