@@ -112,6 +112,7 @@ def test_mlflow_shows_the_champion_alias(journey, page, stack_settings, mlflow_c
     expect(row.get_by_text(re.compile(rf"^@\s*{registry.CHAMPION}$"))).to_be_visible(
         timeout=UI_TIMEOUT)
     close_assistant(page)
+    version_link.scroll_into_view_if_needed()  # newer challengers may list above it
     shot(page, screenshots, "mlflow_3_registered_model")
 
 

@@ -65,6 +65,13 @@ def parquet_rows(lake: Any, month: str, stage: str, part: str) -> int:
     return len(lake.read_parquet(layout.stage_key(month, stage, f"{part}.parquet")))
 
 
+def class_counts(lake: Any, month: str, stage: str) -> dict[bool, int]:
+    """Arrests and non-arrests of a stage's train set."""
+    train = lake.read_parquet(layout.stage_key(month, stage, "train.parquet"))
+    counts = train["arrest"].astype(bool).value_counts()
+    return {True: int(counts.get(True, 0)), False: int(counts.get(False, 0))}
+
+
 # --------------------------------------------------------------------------------------------
 # the journey
 # --------------------------------------------------------------------------------------------
@@ -125,8 +132,13 @@ def test_every_processed_stage_is_complete_and_consistent(journey, lake) -> None
         assert rows[stage]["test"] == split["test"], f"{stage} changed the test set"
     for stage in ("outliers", "encoded", "scaled"):
         assert rows[stage]["train"] == split["train"], f"{stage} changed the train set"
-    assert rows["balanced"]["train"] >= split["train"]  # oversampled, never fewer
     assert rows["features"]["train"] == rows["balanced"]["train"]
+    # balancing: SMOTE adds arrests, under-sampling drops non-arrests, down to 50/50
+    before = class_counts(lake, month, "split")
+    after = class_counts(lake, month, "balanced")
+    assert after[True] == after[False]
+    assert after[True] >= before[True] and after[False] <= before[False]
+    assert class_counts(lake, month, "features") == after
 
 
 def test_etl_quality_run_in_mlflow(journey, lake, mlflow_client, stack_settings) -> None:
