@@ -28,6 +28,8 @@ install-native: $(VENV)/.installed ## Install system packages (apt) and the pinn
 	@# Debian starts its own cluster/server on install; the platform runs its own copies.
 	@-pg_ctlcluster 15 main stop >/dev/null 2>&1; service redis-server stop >/dev/null 2>&1; true
 	@$(PY) scripts/gen_secrets.py .env
+	@# Strip notebook outputs on commit (.gitattributes names the filter; git config is per clone).
+	@if [ -d .git ]; then $(VENV)/bin/nbstripout --install; fi
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -139,6 +141,14 @@ bench: ## Run every benchmark (prints figures; the pipeline ones need the native
 	$(PY) bench/bench_train.py
 	$(PY) bench/bench_api.py --model features
 	$(PY) bench/bench_pipeline.py --month 2018-06 --to-champion
+
+.PHONY: notebooks
+notebooks: install-native ## Open the notebooks in JupyterLab on the venv kernel (stack up; NOTEBOOK_MONTH=YYYY-MM)
+	$(VENV)/bin/jupyter lab notebooks/
+
+.PHONY: test-notebooks
+test-notebooks: ## Execute both notebooks against the running stack (copies with outputs in artifacts/notebooks/)
+	NOTEBOOK_MONTH="$(or $(MONTH),2018-06)" $(PYTEST) tests/e2e/test_notebooks.py $(PYTEST_ARGS)
 
 .PHONY: replay
 replay: install-native ## Serve a folder of portal exports as a Socrata API (DATA=../shared/data/chicago)
