@@ -117,6 +117,11 @@ test: install-browser ## Install, start the native stack (replaying TEST_DATA), 
 	$(MAKE) --no-print-directory local-up DATA="$(TEST_DATA)"
 	CHICAGO_DATA_DIR="$(TEST_DATA)" $(PYTEST) $(PYTEST_ARGS)
 
+.PHONY: test-e2e
+test-e2e: install-browser ## End-to-end journey + real-browser checks on the native stack (replaying TEST_DATA)
+	$(MAKE) --no-print-directory local-up DATA="$(TEST_DATA)"
+	CHICAGO_DATA_DIR="$(TEST_DATA)" $(PYTEST) -m e2e $(PYTEST_ARGS)
+
 .PHONY: test-unit
 test-unit: install-native ## Fast unit tests only (no services needed)
 	$(PYTEST) -m "not integration and not e2e" $(PYTEST_ARGS)
