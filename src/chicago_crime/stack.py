@@ -445,9 +445,9 @@ def _airflow_passwords(env: dict[str, str]) -> None:
 
 def _fingerprint(env: dict[str, str]) -> str:
     """The part of the environment the services depend on (.env names and derived settings)."""
-    names = set(dotenv_values(REPO / ".env")) | {"REPLAY_DATA_DIR", "SOCRATA_BASE_URL"}
-    relevant = {k: v for k, v in env.items()
-                if k in names or k.startswith(("AIRFLOW", "MLFLOW", "AWS_", "REPLAY"))}
+    names = set(dotenv_values(REPO / ".env")) | {"REPLAY_DATA_DIR", "REPLAY_PORT",
+                                                  "SOCRATA_BASE_URL"}
+    relevant = {k: v for k, v in env.items() if k in names or k.startswith("AIRFLOW__")}
     return json.dumps(relevant, sort_keys=True)
 
 
