@@ -13,15 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("CHICAGO_DATA_DIR", REPO.parent / "shared" / "data" / "chicago"))
 
 
-@pytest.fixture(autouse=True)
-def _isolate_process_state() -> Iterator[None]:
-    """Undo what a test leaves in the process: environment variables and MLflow's URIs.
-
-    ``mlflow.set_tracking_uri`` also exports ``MLFLOW_TRACKING_URI``; left behind, a unit
-    test's sqlite store would leak into the settings of the integration tests that follow.
-    """
-    saved = dict(os.environ)
-    yield
+def _restore(saved: dict[str, str]) -> None:
     if "mlflow" in sys.modules:
         import mlflow
 
@@ -29,6 +21,26 @@ def _isolate_process_state() -> Iterator[None]:
         mlflow.set_registry_uri(saved.get("MLFLOW_REGISTRY_URI"))
     os.environ.clear()
     os.environ.update(saved)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _isolate_module_state() -> Iterator[None]:
+    """Undo what a test module (its module-scoped fixtures included) leaves in the process.
+
+    ``mlflow.set_tracking_uri`` also exports ``MLFLOW_TRACKING_URI``; left behind, a unit
+    test's sqlite store would leak into the settings of the integration tests that follow.
+    """
+    saved = dict(os.environ)
+    yield
+    _restore(saved)
+
+
+@pytest.fixture(autouse=True)
+def _isolate_test_state() -> Iterator[None]:
+    """The same for each test: environment variables and MLflow's URIs."""
+    saved = dict(os.environ)
+    yield
+    _restore(saved)
 
 
 @pytest.fixture(scope="session")
