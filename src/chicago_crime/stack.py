@@ -21,6 +21,7 @@ api        fastapi                               ``uvicorn chicago_crime.serve.a
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -44,6 +45,7 @@ VENV_BIN = Path(sys.executable).parent
 PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
 SUPERVISOR_CONF = STATE / "supervisord.conf"
 SOCKET = STATE / "run" / "supervisor.sock"
+LOGS = STATE / "logs"
 
 
 def _postgres_can_reach(path: Path) -> bool:
@@ -53,6 +55,7 @@ def _postgres_can_reach(path: Path) -> bool:
     return probe.returncode == 0
 
 
+@functools.cache
 def pg_home() -> Path:
     """Folder of the PostgreSQL cluster and its socket: ``.local/postgres`` when the postgres
     user can reach it, else a per-checkout folder under /var/tmp (e.g. a checkout in /root)."""
@@ -63,7 +66,7 @@ def pg_home() -> Path:
         return inside
     digest = hashlib.sha256(str(REPO).encode()).hexdigest()[:10]
     return Path("/var/tmp") / f"chicago-crime-{digest}" / "postgres"
-LOGS = STATE / "logs"
+
 
 BASE_SERVICES = ("postgres", "redis", "s3")
 AIRFLOW_SERVICES = (
