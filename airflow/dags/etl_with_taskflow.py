@@ -40,6 +40,9 @@ def _continue(result: dict[str, Any]) -> dict[str, Any]:
     start_date=pendulum.datetime(2018, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
+    # Unpaused from the start: the UI's Trigger button unpauses only the DAG it triggers, and
+    # train_model must follow the ETL through the asset without a manual unpause.
+    is_paused_upon_creation=False,
     default_args=DEFAULT_ARGS,
     tags=["etl", "chicago_crime"],
     doc_md=__doc__,

@@ -32,6 +32,9 @@ ML_READY_DATASET = Asset(name=layout.ML_READY_ASSET_NAME,
     start_date=pendulum.datetime(2018, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
+    # Unpaused from the start: the UI's Trigger button unpauses only the DAG it triggers, and
+    # train_model must follow the ETL through the asset without a manual unpause.
+    is_paused_upon_creation=False,
     default_args={"owner": "ml-platform", "retries": 0},
     params={"month": Param(None, type=["null", "string"], pattern=r"^\d{4}-\d{2}$",
                            description="Month to train on (YYYY-MM); empty = from the asset")},
