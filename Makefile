@@ -45,27 +45,27 @@ install-browser: ## Install Debian chromium for the real-browser checks
 
 .PHONY: local-up
 local-up: install-native ## Start the whole platform natively (DATA=folder serves portal exports offline)
-	REPLAY_DATA_DIR="$(DATA)" $(PY) -m chicago_crime.stack up
+	REPLAY_DATA_DIR="$(DATA)" $(PY) -m chicago_crime.devtools.stack up
 
 .PHONY: local-status
 local-status: ## One line per native service; non-zero exit if any is down
-	@$(PY) -m chicago_crime.stack status
+	@$(PY) -m chicago_crime.devtools.stack status
 
 .PHONY: local-down
 local-down: ## Stop every native service (data is kept)
-	@$(PY) -m chicago_crime.stack down
+	@$(PY) -m chicago_crime.devtools.stack down
 
 .PHONY: local-wipe
 local-wipe: ## Stop the native stack and delete its data (.local/)
-	@$(PY) -m chicago_crime.stack down --wipe
+	@$(PY) -m chicago_crime.devtools.stack down --wipe
 
 .PHONY: local-restart
 local-restart: ## Restart application services after a code change (SERVICES="api airflow-worker")
-	@$(PY) -m chicago_crime.stack restart $(SERVICES)
+	@$(PY) -m chicago_crime.devtools.stack restart $(SERVICES)
 
 .PHONY: local-logs
 local-logs: ## Tail of every native service log (.local/logs/)
-	@$(PY) -m chicago_crime.stack logs
+	@$(PY) -m chicago_crime.devtools.stack logs
 
 # ---------------------------------------------------------------------------------------------
 # Docker Compose stack (production form); see docs/docker.md
@@ -129,7 +129,7 @@ test-unit: install-native ## Fast unit tests only (no services needed)
 .PHONY: demo
 demo: install-native ## The whole journey: start, ETL, training, served champion (DATA=exports folder, MONTH=YYYY-MM)
 	$(MAKE) --no-print-directory local-up DATA="$(DATA)"
-	$(PY) -m chicago_crime.demo --data "$(DATA)" --month "$(MONTH)"
+	$(PY) -m chicago_crime.devtools.demo --data "$(DATA)" --month "$(MONTH)"
 
 .PHONY: train rollback champion
 train: ## Train, register and gate a model for MONTH=YYYY-MM outside Airflow (same code path)
@@ -157,7 +157,7 @@ test-notebooks: ## Execute both notebooks against the running stack (copies with
 
 .PHONY: replay
 replay: install-native ## Serve a folder of portal exports as a Socrata API (DATA=../shared/data/chicago)
-	$(PY) -m chicago_crime.replay --data "$(or $(DATA),$(TEST_DATA))" --port 8765
+	$(PY) -m chicago_crime.devtools.replay --data "$(or $(DATA),$(TEST_DATA))" --port 8765
 
 .PHONY: lint
 lint: ## ruff on the whole repository

@@ -54,7 +54,7 @@ def portal_records(months: list[str], limit: int | None = None) -> list[dict[str
 
 def model_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     """The frame the server hands to ``predict_proba`` for these records (validated by pydantic)."""
-    from chicago_crime.predict import records_frame
+    from chicago_crime.model.predict import records_frame
     from chicago_crime.serve.schemas import CrimeRecord
 
     return records_frame([CrimeRecord.model_validate(r).model_input() for r in records])

@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from chicago_crime.config import load_settings
+from chicago_crime.devtools.replay import ReplayServer
 from chicago_crime.ingest import build_window, download_data, setup_s3
 from chicago_crime.lake import Lake
 from chicago_crime.layout import month_range
-from chicago_crime.replay import ReplayServer
 from chicago_crime.socrata import SocrataClient
 
 REPO = Path(__file__).resolve().parents[1]

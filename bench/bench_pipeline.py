@@ -14,9 +14,10 @@ import statistics
 import time
 from datetime import datetime
 
-from chicago_crime import demo, layout
-from chicago_crime.airflow_api import AirflowClient
+from chicago_crime import layout
 from chicago_crime.config import get_settings
+from chicago_crime.devtools import demo
+from chicago_crime.devtools.airflow_client import AirflowClient
 from chicago_crime.lake import Lake
 
 

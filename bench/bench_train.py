@@ -35,14 +35,16 @@ def main() -> None:
                         help="search budget in seconds (default: SEARCH_TIMEOUT_SECONDS)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("chicago_crime.tune").setLevel(logging.INFO)
+    logging.getLogger("chicago_crime.model.tune").setLevel(logging.INFO)
 
     from moto.server import ThreadedMotoServer
 
-    from chicago_crime import etl, registry, train
-    from chicago_crime import evaluate as ev
+    from chicago_crime import etl
     from chicago_crime.config import load_settings
+    from chicago_crime.devtools.seed import seed_window_from_exports
     from chicago_crime.lake import Lake
+    from chicago_crime.model import evaluate as ev
+    from chicago_crime.model import registry, train
     from chicago_crime.portal import crimes_export_path, read_export
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
@@ -57,7 +59,7 @@ def main() -> None:
         lake = Lake(settings=settings)
         lake.ensure_bucket()
         t0 = time.perf_counter()
-        seeded = train.seed_window_from_exports(lake, args.data, TRAIN_MONTH, months=12)
+        seeded = seed_window_from_exports(lake, args.data, TRAIN_MONTH, months=12)
         results = etl.run_all(TRAIN_MONTH, lake, settings)
         etl_seconds = time.perf_counter() - t0
         assert all(r["status"] == etl.OK for r in results.values()), results

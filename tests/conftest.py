@@ -54,7 +54,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def replay(shared_data):
     """One Socrata replay server over the real exports for the whole session."""
-    from chicago_crime.replay import ReplayServer
+    from chicago_crime.devtools.replay import ReplayServer
 
     with ReplayServer(shared_data) as server:
         yield server

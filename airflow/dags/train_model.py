@@ -3,7 +3,7 @@
 Scheduled on the asset ``etl_with_taskflow`` publishes (the month's ML-ready dataset); the
 month comes from the asset event. Trigger it by hand with ``{"month": "YYYY-MM"}`` to retrain
 any month already processed. The champion alias moves only when the new version beats the
-current champion on the same test set (see ``chicago_crime.registry``).
+current champion on the same test set (see ``chicago_crime.model.registry``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from airflow.sdk import Asset, Param, dag, task
 
 from chicago_crime import layout
 from chicago_crime.config import get_settings
-from chicago_crime.train import run_training
+from chicago_crime.model.train import run_training
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """Chicago crime arrest prediction: the domain logic of the MLOps platform.
 
-One module per lifecycle stage: ``config``, ``lake`` (S3 I/O), ``socrata`` (download),
-``ingest``, ``features``, ``etl``, ``train``, ``tune``, ``evaluate``, ``registry``,
-``predict`` and ``serve``.
+Core modules (``config``, ``layout``, ``lake``, ``portal``, ``socrata``, ``validation``,
+``ingest``, ``features``, ``etl``), the model (``chicago_crime.model``), the API
+(``chicago_crime.serve``) and developer tooling apart (``chicago_crime.devtools``).
 """
 
 __version__ = "0.1.0"

@@ -51,10 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("botocore", "urllib3", "matplotlib", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     settings = load_settings()
-    from chicago_crime import registry
+    from chicago_crime.model import registry
 
     if args.command == "train":
-        from chicago_crime.train import run_training
+        from chicago_crime.model.train import run_training
 
         _print(run_training(args.month, settings, trials=args.trials, timeout=args.timeout))
         return 0

@@ -8,6 +8,7 @@ into the API's form (used by the replay server and by tests).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -52,3 +53,18 @@ def read_export(path: str | Path) -> pd.DataFrame:
 def crimes_export_path(folder: str | Path, month: str) -> Path:
     """Path of one month's export in a folder laid out like ``../shared/data/chicago``."""
     return Path(folder) / "crimes" / f"{month}.csv.gz"
+
+
+def to_soda_json(df: pd.DataFrame) -> bytes:
+    """Rows as a SODA JSON array; missing values omitted, booleans as JSON booleans."""
+    if df.empty:
+        return b"[]"
+    out = df[[c for c in df.columns if not c.startswith("_")]].copy()
+    for col in BOOLEAN_FIELDS:
+        if col in out.columns:
+            out[col] = out[col].map({"true": True, "false": False}).astype(object)
+    text = out.to_json(orient="records", force_ascii=False)
+    # drop null members: every record starts with a non-null field except in odd data
+    text = re.sub(r',"[a-z_:@0-9]+":null', "", text)
+    text = re.sub(r'\{"[a-z_:@0-9]+":null,?', "{", text)
+    return text.encode("utf-8")

@@ -1,7 +1,7 @@
 """Chicago Data Portal client (SODA 2.x) built on ``sodapy``, with paging and bounded retries.
 
 The base URL comes from ``SOCRATA_BASE_URL`` so a mirror or the local replay server
-(:mod:`chicago_crime.replay`) can stand in for ``https://data.cityofchicago.org``. sodapy
+(:mod:`chicago_crime.devtools.replay`) can stand in for ``https://data.cityofchicago.org``. sodapy
 always prefixes ``https://`` unless it is given a ``session_adapter`` whose prefix is
 ``http://``; that documented hook is how plain-HTTP base URLs are served.
 

@@ -2,7 +2,7 @@
 
 The native stack must run and replay ``../shared/data/chicago``
 (``make local-up DATA=../shared/data/chicago``; ``make test`` does it). The journey is exactly
-``make demo``'s path: :func:`chicago_crime.demo.run_demo` for :data:`MONTH`.
+``make demo``'s path: :func:`chicago_crime.devtools.demo.run_demo` for :data:`MONTH`.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from chicago_crime import registry
-from chicago_crime.airflow_api import AirflowClient
 from chicago_crime.config import Settings
+from chicago_crime.devtools.airflow_client import AirflowClient
 from chicago_crime.lake import Lake
+from chicago_crime.model import registry
 
 MONTH = "2018-06"
 REPO = Path(__file__).resolve().parents[2]
@@ -49,7 +49,7 @@ class Journey:
 @pytest.fixture(scope="session")
 def journey(stack_settings: Settings) -> Journey:
     """Run the demo's journey once: ETL for MONTH -> asset-triggered training -> served champion."""
-    from chicago_crime import demo
+    from chicago_crime.devtools import demo
 
     started = time.monotonic()
     model = demo.run_demo(MONTH, stack_settings)

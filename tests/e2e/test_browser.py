@@ -16,8 +16,8 @@ from urllib.parse import urlsplit
 import pytest
 from playwright.sync_api import expect
 
-from chicago_crime import registry
-from chicago_crime.demo import ETL_DAG, TRAIN_DAG
+from chicago_crime.devtools.demo import ETL_DAG, TRAIN_DAG
+from chicago_crime.model import registry
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3600)]
 

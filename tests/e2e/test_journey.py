@@ -19,11 +19,11 @@ import pytest
 import requests
 from sklearn.metrics import roc_auc_score
 
-from chicago_crime import etl, layout, registry
-from chicago_crime.demo import ETL_DAG, TRAIN_DAG, run_etl, wait_for_training
+from chicago_crime import etl, layout
+from chicago_crime.devtools.demo import ETL_DAG, TRAIN_DAG, run_etl, wait_for_training
 from chicago_crime.ingest import crime_months
-from chicago_crime.portal import crimes_export_path, read_export
-from chicago_crime.replay import to_json
+from chicago_crime.model import registry
+from chicago_crime.portal import crimes_export_path, read_export, to_soda_json
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3600)]
 
@@ -38,7 +38,7 @@ SINGLE_RECORDS = 5
 def portal_records(shared_data: Path, month: str, n: int, seed: int = 7) -> list[dict[str, Any]]:
     """``n`` records of the month's export in the SODA API's JSON form (strings, booleans)."""
     df = read_export(crimes_export_path(shared_data, month)).sample(n=n, random_state=seed)
-    return json.loads(to_json(df))
+    return json.loads(to_soda_json(df))
 
 
 def champion_version(mlflow_client: Any, name: str) -> Any:

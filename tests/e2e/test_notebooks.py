@@ -16,7 +16,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from chicago_crime import analysis, layout, registry
+from chicago_crime import layout
+from chicago_crime.model import analysis, registry
 
 pytestmark = pytest.mark.e2e
 

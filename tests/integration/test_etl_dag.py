@@ -10,8 +10,8 @@ import mlflow
 import pytest
 
 from chicago_crime import layout
-from chicago_crime.airflow_api import AirflowClient
-from chicago_crime.demo import run_etl
+from chicago_crime.devtools.airflow_client import AirflowClient
+from chicago_crime.devtools.demo import run_etl
 from chicago_crime.ingest import crime_months
 from chicago_crime.lake import Lake
 from chicago_crime.portal import crimes_export_path, read_export

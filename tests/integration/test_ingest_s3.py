@@ -13,11 +13,11 @@ from collections.abc import Iterator
 import pandas as pd
 import pytest
 
+from chicago_crime.devtools.replay import ReplayServer
 from chicago_crime.ingest import build_window, crime_months, download_data, setup_s3
 from chicago_crime.lake import Lake
 from chicago_crime.layout import month_range, raw_crimes_key, window_key
 from chicago_crime.portal import crimes_export_path
-from chicago_crime.replay import ReplayServer
 from chicago_crime.socrata import SocrataClient
 
 pytestmark = pytest.mark.integration

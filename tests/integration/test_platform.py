@@ -13,7 +13,7 @@ import redis
 from botocore.exceptions import ClientError
 from pydantic import SecretStr
 
-from chicago_crime.airflow_api import AirflowClient
+from chicago_crime.devtools.airflow_client import AirflowClient
 from chicago_crime.lake import Lake
 
 pytestmark = pytest.mark.integration
@@ -90,7 +90,7 @@ def test_taskflow_dag_runs_on_a_celery_worker(stack_settings):
 
 
 def _pids() -> dict[str, str]:
-    from chicago_crime import stack
+    from chicago_crime.devtools import stack
 
     out = stack._ctl("status").stdout.splitlines()
     return {line.split()[0]: line.split()[3].rstrip(",") for line in out if "RUNNING" in line}
@@ -102,12 +102,12 @@ def test_local_up_twice_is_harmless():
     import subprocess
     import sys
 
-    from chicago_crime import stack
+    from chicago_crime.devtools import stack
 
     before = _pids()
     env = {**os.environ,
            "REPLAY_DATA_DIR": stack.running_env().get("REPLAY_DATA_DIR", "")}
-    proc = subprocess.run([sys.executable, "-m", "chicago_crime.stack", "up"], env=env,
+    proc = subprocess.run([sys.executable, "-m", "chicago_crime.devtools.stack", "up"], env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert "restarting" not in proc.stdout
@@ -123,7 +123,7 @@ def test_status_names_a_killed_service_and_up_restores_it(capsys):
     import sys
     import time
 
-    from chicago_crime import stack
+    from chicago_crime.devtools import stack
 
     pid = int(stack._ctl("pid", "api").stdout.strip())
     os.kill(pid, signal.SIGKILL)
@@ -138,7 +138,7 @@ def test_status_names_a_killed_service_and_up_restores_it(capsys):
         line for line in out.splitlines() if line.startswith("DOWN") and " api " in line]
     env = {**os.environ,
            "REPLAY_DATA_DIR": stack.running_env().get("REPLAY_DATA_DIR", "")}
-    proc = subprocess.run([sys.executable, "-m", "chicago_crime.stack", "up"], env=env,
+    proc = subprocess.run([sys.executable, "-m", "chicago_crime.devtools.stack", "up"], env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert stack.status() == 0

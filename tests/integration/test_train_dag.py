@@ -6,10 +6,11 @@ import uuid
 
 import pytest
 
-from chicago_crime import layout, registry
-from chicago_crime.airflow_api import AirflowClient
-from chicago_crime.demo import run_etl
+from chicago_crime import layout
+from chicago_crime.devtools.airflow_client import AirflowClient
+from chicago_crime.devtools.demo import run_etl
 from chicago_crime.lake import Lake
+from chicago_crime.model import registry
 
 pytestmark = pytest.mark.integration
 

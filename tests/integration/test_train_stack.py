@@ -22,8 +22,10 @@ import mlflow
 import numpy as np
 import pytest
 
-from chicago_crime import etl, registry, train
+from chicago_crime import etl
+from chicago_crime.devtools.seed import seed_window_from_exports
 from chicago_crime.lake import Lake
+from chicago_crime.model import registry, train
 
 pytestmark = pytest.mark.integration
 MONTH = "2018-06"
@@ -52,7 +54,7 @@ def trained(stack_settings: Any, shared_data: Path) -> Iterator[dict[str, Any]]:
     lake.ensure_bucket()
     client = registry.client_for(settings)
     try:
-        train.seed_window_from_exports(lake, shared_data, MONTH, months=1, max_rows=8000)
+        seed_window_from_exports(lake, shared_data, MONTH, months=1, max_rows=8000)
         results = etl.run_all(MONTH, lake, settings)
         assert all(r["status"] == etl.OK for r in results.values()), results
         result = train.run_training(MONTH, settings, lake, trials=2, timeout=120)

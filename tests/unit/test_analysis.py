@@ -12,10 +12,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from chicago_crime import analysis, etl, layout, registry
-from chicago_crime import evaluate as ev
+from chicago_crime import etl, layout
 from chicago_crime import features as F
 from chicago_crime.ingest import to_csv_bytes
+from chicago_crime.model import analysis, registry
+from chicago_crime.model import evaluate as ev
 from chicago_crime.validation import REASON
 
 matplotlib.use("Agg", force=True)
@@ -219,7 +220,7 @@ def test_load_registered_and_previous_champion(unit_settings: Any, tmp_path: Pat
 
 def test_month_split_and_baseline_on_a_small_lake(unit_lake: Any, unit_settings: Any,
                                                   shared_data: Path) -> None:
-    from chicago_crime.train import seed_window_from_exports
+    from chicago_crime.devtools.seed import seed_window_from_exports
 
     month = "2018-06"
     with pytest.raises(FileNotFoundError, match="run the ETL"):

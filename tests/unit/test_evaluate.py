@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import f1_score, roc_auc_score
 
-from chicago_crime import evaluate as ev
+from chicago_crime.model import evaluate as ev
 from chicago_crime.portal import read_export
 
 

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from chicago_crime.config import Settings, load_settings
+from chicago_crime.devtools.replay import CRIMES_DATASET, ReplayServer
 from chicago_crime.ingest import (
     IngestError,
     build_window,
@@ -30,7 +31,6 @@ from chicago_crime.layout import (
     window_key,
 )
 from chicago_crime.portal import CRIME_FIELDS, crimes_export_path, read_export
-from chicago_crime.replay import CRIMES_DATASET, ReplayServer
 from chicago_crime.socrata import SocrataClient, SocrataError
 from chicago_crime.validation import REASON
 

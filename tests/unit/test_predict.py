@@ -18,8 +18,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from chicago_crime.portal import crimes_export_path, read_export
-from chicago_crime.predict import (
+from chicago_crime.model.predict import (
     PandasPredictor,
     RecordPredictor,
     fast_path_parts,
@@ -27,6 +26,7 @@ from chicago_crime.predict import (
     max_path_difference,
     records_frame,
 )
+from chicago_crime.portal import crimes_export_path, read_export
 from chicago_crime.serve.schemas import CrimeRecord
 
 

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from chicago_crime import cli, registry
-from chicago_crime import evaluate as ev
+from chicago_crime import cli
+from chicago_crime.model import evaluate as ev
+from chicago_crime.model import registry
 
 RNG = np.random.default_rng(7)
 Y = (RNG.random(2000) < 0.2).astype(int)

@@ -9,8 +9,7 @@ import pandas as pd
 import pytest
 import requests
 
-from chicago_crime.portal import crimes_export_path, read_export
-from chicago_crime.replay import (
+from chicago_crime.devtools.replay import (
     CRIMES_DATASET,
     STATIONS_DATASET,
     Predicate,
@@ -19,6 +18,7 @@ from chicago_crime.replay import (
     parse_order,
     parse_where,
 )
+from chicago_crime.portal import crimes_export_path, read_export
 
 JUNE = "date >= '2018-06-01T00:00:00' AND date < '2018-07-01T00:00:00'"
 
@@ -162,7 +162,7 @@ def test_fault_control_endpoint_and_stats(server):
 
 def test_cli_serves_over_http(shared_data):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "chicago_crime.replay", "--data", str(shared_data),
+        [sys.executable, "-m", "chicago_crime.devtools.replay", "--data", str(shared_data),
          "--port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.generation.modes import GenerationMode
 
 from chicago_crime.config import load_settings
-from chicago_crime.predict import make_predictor
+from chicago_crime.model.predict import make_predictor
 from chicago_crime.serve.app import create_app
 from chicago_crime.serve.model_store import LoadedModel, ModelStore, RefreshOutcome
 from chicago_crime.serve.schemas import SAMPLE_RECORDS, CrimeRecord

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from chicago_crime import stack
+from chicago_crime.devtools import stack
 
 
 @pytest.fixture

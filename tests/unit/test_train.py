@@ -13,10 +13,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from chicago_crime import cli, etl, registry, train
-from chicago_crime import evaluate as ev
+from chicago_crime import cli, etl
 from chicago_crime import features as F
+from chicago_crime.devtools.seed import seed_window_from_exports
 from chicago_crime.lake import Lake
+from chicago_crime.model import evaluate as ev
+from chicago_crime.model import registry, train
 from chicago_crime.portal import read_export
 
 MONTH = "2018-06"
@@ -37,7 +39,7 @@ def trained(moto_endpoint: str, shared_data: Path, tmp_path_factory: pytest.Temp
     )
     lake = Lake(settings=settings)
     lake.ensure_bucket()
-    train.seed_window_from_exports(lake, shared_data, MONTH, months=2, max_rows=5000)
+    seed_window_from_exports(lake, shared_data, MONTH, months=2, max_rows=5000)
     results = etl.run_all(MONTH, lake, settings)
     assert all(r["status"] == etl.OK for r in results.values()), results
     result = train.run_training(MONTH, settings, lake)
@@ -102,7 +104,7 @@ def test_model_reproduces_logged_test_metrics_on_raw_records(trained: dict[str, 
 
 def test_pipeline_accepts_records_exactly_as_the_soda_api_returns_them(
         trained: dict[str, Any], shared_data: Path) -> None:
-    from chicago_crime.replay import ReplayServer
+    from chicago_crime.devtools.replay import ReplayServer
 
     model = _model(trained, trained["result"]["version"])
     with ReplayServer(shared_data) as server:

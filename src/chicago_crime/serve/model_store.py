@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from chicago_crime.config import Settings
-from chicago_crime.predict import Predictor, make_predictor
+from chicago_crime.model.predict import Predictor, make_predictor
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@
 1. **Load** the month's ETL outputs: the fitted feature steps the DAG applied (enricher,
    outlier handler, encoder, scaler, selector), the scaled-stage train/test sets restricted to
    the selected features, and the raw records of the same train/test split.
-2. **Search** (:mod:`chicago_crime.tune`): Optuna over model family, hyperparameters and
+2. **Search** (:mod:`chicago_crime.model.tune`): Optuna over model family, hyperparameters and
    in-fold balancing, one nested MLflow run per trial.
 3. **Refit** the best candidate on the full train set inside
    ``CalibratedClassifierCV(cv=3)``: each fold's calibrator is fitted on real, unbalanced
@@ -15,9 +15,9 @@
 5. **Assemble** the served model ``Pipeline([enrich, outliers, encode, scale, select, clf])``:
    the first five are the very objects the ETL fitted and stored, so training and serving
    cannot skew. It takes raw Socrata records and returns calibrated probabilities.
-6. **Evaluate** it on the month's raw test records (:mod:`chicago_crime.evaluate`), log it
+6. **Evaluate** it on the month's raw test records (:mod:`chicago_crime.model.evaluate`), log it
    (signature, input example, pinned requirements, skops, ``predict_proba`` pyfunc), register
-   it and let the gate (:mod:`chicago_crime.registry`) decide about ``champion``.
+   it and let the gate (:mod:`chicago_crime.model.registry`) decide about ``champion``.
 """
 
 from __future__ import annotations
@@ -42,11 +42,12 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import Pipeline
 
 import chicago_crime
-from chicago_crime import etl, layout, registry, tune
-from chicago_crime import evaluate as ev
+from chicago_crime import etl, layout
 from chicago_crime import features as F
 from chicago_crime.config import Settings, get_settings
 from chicago_crime.lake import Lake
+from chicago_crime.model import evaluate as ev
+from chicago_crime.model import registry, tune
 
 log = logging.getLogger(__name__)
 
@@ -249,13 +250,13 @@ def skops_trusted_types(model: Any) -> list[str]:
 def example_records(raw: pd.DataFrame, n: int = EXAMPLE_RECORDS) -> list[dict[str, Any]]:
     """A few records exactly as the SODA API returns them (strings, JSON booleans, missing
     fields omitted), including one without coordinates when there is one."""
-    from chicago_crime.replay import to_json
+    from chicago_crime.portal import to_soda_json
 
     picked = raw.head(n - 1)
     no_xy = raw[raw["x_coordinate"].isna()] if "x_coordinate" in raw.columns else raw.iloc[:0]
     picked = pd.concat([picked, no_xy.head(1) if len(no_xy) else raw.iloc[n - 1:n]])
     frame = picked.drop(columns=[c for c in ("location",) if c in picked.columns])
-    return json.loads(to_json(frame.reset_index(drop=True)))
+    return json.loads(to_soda_json(frame.reset_index(drop=True)))
 
 
 def example_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
@@ -432,33 +433,3 @@ def _log_inputs(data: MonthData, lake: Lake) -> None:
         model_input(data.raw_test).assign(**{F.TARGET: data.y_test.astype(bool)}),
         source=lake.uri(data.keys["split_test"]), targets=F.TARGET,
         name=f"raw-test-{data.month}"), context="evaluation")
-
-
-# --------------------------------------------------------------------------------------------
-# lake seeding from portal exports (benchmarks, tests, notebooks)
-# --------------------------------------------------------------------------------------------
-def seed_window_from_exports(lake: Lake, data_dir: str | Path, month: str, months: int = 12,
-                             max_rows: int | None = None, seed: int = 0) -> dict[str, Any]:
-    """Write the raw window ending at ``month`` and the station table from portal CSV exports
-    (a folder laid out like ``../shared/data/chicago``), as ingestion would have.
-
-    ``max_rows`` keeps a seeded random sample (in the window's order) for small test lakes.
-    """
-    from chicago_crime.ingest import to_csv_bytes
-    from chicago_crime.portal import CRIME_FIELDS, crimes_export_path, read_export
-
-    frames = []
-    for m in layout.month_range(month, months):
-        path = crimes_export_path(data_dir, m)
-        if path.is_file():
-            frames.append(read_export(path))
-    if not frames:
-        raise FileNotFoundError(f"no crime exports for the window ending {month} in {data_dir}")
-    window = pd.concat(frames, ignore_index=True)
-    window = window[[c for c in CRIME_FIELDS if c in window.columns]]
-    if max_rows is not None and len(window) > max_rows:
-        window = window.sample(n=max_rows, random_state=seed).sort_index()
-    lake.put_bytes(layout.window_key(month), to_csv_bytes(window), "text/csv")
-    stations = read_export(Path(data_dir) / "police_stations.csv")
-    lake.put_bytes(layout.raw_stations_key(month), to_csv_bytes(stations), "text/csv")
-    return {"rows": len(window), "months": len(frames)}

@@ -1,7 +1,7 @@
 """Analysis helpers for the notebooks: read the lake and the registry, tabulate, plot.
 
 The notebooks in ``notebooks/`` are thin: every table and figure they show comes from a
-function here or in :mod:`chicago_crime.evaluate`, so the logic is unit-tested and shared.
+function here or in :mod:`chicago_crime.model.evaluate`, so the logic is unit-tested and shared.
 
 * EDA (``01_eda``): arrest rates by group (:func:`arrest_rates`), distance bins
   (:func:`arrest_rate_by_distance`), the crime/station map (:func:`plot_crime_map`) and data
@@ -28,11 +28,12 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_curve
 
-from chicago_crime import etl, layout, registry
-from chicago_crime import evaluate as ev
+from chicago_crime import etl, layout
 from chicago_crime import features as F
 from chicago_crime.config import Settings, get_settings
 from chicago_crime.lake import Lake
+from chicago_crime.model import evaluate as ev
+from chicago_crime.model import registry
 
 MONTH_ENV = "NOTEBOOK_MONTH"
 DEFAULT_MONTH = "2018-06"
@@ -59,7 +60,7 @@ def _pyplot() -> Any:
 def show(fig: Any) -> None:
     """Display a figure once in a notebook and close it.
 
-    Works whatever the active backend is (:mod:`chicago_crime.evaluate` switches matplotlib
+    Works whatever the active backend is (:mod:`chicago_crime.model.evaluate` switches matplotlib
     to Agg, after which the inline backend no longer shows new figures by itself).
     """
     from IPython.display import display
@@ -350,7 +351,7 @@ class RegisteredModel:
 
     def predict(self, raw: pd.DataFrame) -> np.ndarray:
         """Arrest probabilities of raw records."""
-        from chicago_crime.train import model_input
+        from chicago_crime.model.train import model_input
 
         return np.asarray(self.model.predict_proba(model_input(raw))[:, 1], dtype=float)
 
@@ -425,7 +426,7 @@ class MonthSplit:
 def month_split(month: str, lake: Lake | None = None,
                settings: Settings | None = None) -> MonthSplit:
     """Raw train/test records of ``month`` (:func:`etl.split_raw_window`) and their labels."""
-    from chicago_crime.train import labels
+    from chicago_crime.model.train import labels
 
     s = settings or get_settings()
     split = etl.split_raw_window(month, lake or Lake(settings=s), s)

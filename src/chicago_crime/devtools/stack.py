@@ -1,8 +1,8 @@
 """The native stack: the whole platform on one machine without Docker.
 
-``python -m chicago_crime.stack up|status|down|logs`` (``make local-up`` ...). Every service runs
-under supervisord (one process manager, one socket, one log folder), on 127.0.0.1 with the ports
-from ``.env``; the state lives in ``.local/`` inside the repository:
+``python -m chicago_crime.devtools.stack up|status|down|logs`` (``make local-up`` ...). Every
+service runs under supervisord (one process manager, one socket, one log folder), on 127.0.0.1
+with the ports from ``.env``; the state lives in ``.local/`` inside the repository:
 
 ========== ===================================== =============================================
 service    stands in for (Compose)               process
@@ -39,7 +39,7 @@ from typing import Any
 
 from dotenv import dotenv_values
 
-REPO = Path(os.environ.get("CHICAGO_CRIME_HOME", Path(__file__).resolve().parents[2]))
+REPO = Path(os.environ.get("CHICAGO_CRIME_HOME", Path(__file__).resolve().parents[3]))
 STATE = Path(os.environ.get("LOCAL_STATE_DIR", REPO / ".local"))
 VENV_BIN = Path(sys.executable).parent
 PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
@@ -208,8 +208,9 @@ def supervisor_conf(env: dict[str, str], pg: Path | None = None) -> str:
     ]
     if env.get("REPLAY_DATA_DIR"):
         programs.append(_program(
-            REPLAY, f"{b / 'python'} -m chicago_crime.replay --data {env['REPLAY_DATA_DIR']}"
-            f" --host 127.0.0.1 --port {env['REPLAY_PORT']}", autostart=True))
+            REPLAY, f"{b / 'python'} -m chicago_crime.devtools.replay"
+            f" --data {env['REPLAY_DATA_DIR']} --host 127.0.0.1 --port {env['REPLAY_PORT']}",
+            autostart=True))
     head = f"""[unix_http_server]
 file={SOCKET}
 chmod=0700
@@ -642,7 +643,7 @@ def logs(lines: int = 30) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="chicago_crime.stack", description=__doc__,
+    parser = argparse.ArgumentParser(prog="chicago_crime.devtools.stack", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
     p_up = sub.add_parser("up", help="start every service and wait until healthy")

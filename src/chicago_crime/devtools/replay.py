@@ -17,7 +17,7 @@ In process::
     with ReplayServer("../shared/data/chicago") as server:
         settings = load_settings(socrata_base_url=server.url)
 
-CLI: ``python -m chicago_crime.replay --data DIR --host 127.0.0.1 --port 8765``.
+CLI: ``python -m chicago_crime.devtools.replay --data DIR --host 127.0.0.1 --port 8765``.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from chicago_crime.portal import (
     TIMESTAMP_FIELDS,
     crimes_export_path,
     read_export,
+    to_soda_json,
 )
 
 log = logging.getLogger(__name__)
@@ -222,21 +223,6 @@ def date_range(preds: list[Predicate]) -> tuple[pd.Timestamp | None, pd.Timestam
     return low, high, inclusive
 
 
-def to_json(df: pd.DataFrame) -> bytes:
-    """Rows as a SODA JSON array; missing values omitted, booleans as JSON booleans."""
-    if df.empty:
-        return b"[]"
-    out = df[[c for c in df.columns if not c.startswith("_")]].copy()
-    for col in BOOLEAN_FIELDS:
-        if col in out.columns:
-            out[col] = out[col].map({"true": True, "false": False}).astype(object)
-    text = out.to_json(orient="records", force_ascii=False)
-    # drop null members: every record starts with a non-null field except in odd data
-    text = re.sub(r',"[a-z_:@0-9]+":null', "", text)
-    text = re.sub(r'\{"[a-z_:@0-9]+":null,?', "{", text)
-    return text.encode("utf-8")
-
-
 # -- data -------------------------------------------------------------------------------------
 class ReplayData:
     """Lazily loaded, cached datasets of one export folder."""
@@ -366,7 +352,7 @@ class _Handler(BaseHTTPRequestHandler):
             rows = replay.data.query(dataset, params)
         except QueryError as exc:
             return self._error(400, "query.compiler.malformed", str(exc))
-        self._send(200, to_json(rows))
+        self._send(200, to_soda_json(rows))
 
     def do_POST(self) -> None:
         if urlsplit(self.path).path != "/_faults":

@@ -18,8 +18,8 @@ from typing import Any
 import requests
 
 from chicago_crime import layout
-from chicago_crime.airflow_api import AirflowClient, AirflowError
 from chicago_crime.config import Settings, get_settings
+from chicago_crime.devtools.airflow_client import AirflowClient, AirflowError
 
 ETL_DAG = "etl_with_taskflow"
 TRAIN_DAG = "train_model"
