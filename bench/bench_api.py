@@ -52,12 +52,12 @@ def portal_records(months: list[str], limit: int | None = None) -> list[dict[str
     return out
 
 
-def model_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
+def validated_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     """The frame the server hands to ``predict_proba`` for these records (validated by pydantic)."""
-    from chicago_crime.model.predict import records_frame
+    from chicago_crime.record import model_frame
     from chicago_crime.serve.schemas import CrimeRecord
 
-    return records_frame([CrimeRecord.model_validate(r).model_input() for r in records])
+    return model_frame([CrimeRecord.model_validate(r).model_input() for r in records])
 
 
 def in_process_batch_ms(model: Any, frame: pd.DataFrame, runs: int = 30) -> float:
@@ -81,7 +81,7 @@ def fit_model(kind: str, records: list[dict[str, Any]]) -> Any:
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import OneHotEncoder
 
-    frame = model_frame(records)
+    frame = validated_frame(records)
     y = np.array([r["arrest"] for r in records])
     if kind == "toy":
         model = Pipeline([
@@ -245,7 +245,7 @@ def main() -> None:
                 uri = register(model, Path(tmp))
                 print(f"model '{args.model}' fitted and registered in "
                       f"{time.perf_counter() - started:.1f} s")
-                in_process = in_process_batch_ms(model, model_frame(records[:args.batch_size]))
+                in_process = in_process_batch_ms(model, validated_frame(records[:args.batch_size]))
                 port = free_port()
                 url = f"http://127.0.0.1:{port}"
                 server = start_server(uri, port)

@@ -28,6 +28,7 @@ import psutil
 
 from chicago_crime import etl, layout, portal
 from chicago_crime import features as F
+from chicago_crime import record as R
 from chicago_crime.config import load_settings
 from chicago_crime.lake import Lake
 
@@ -72,7 +73,7 @@ def compute_only(raw: pd.DataFrame, stations: pd.DataFrame,
     """The same transformers in memory (no lake): seconds, peak RSS, RSS increase."""
     out: dict[str, tuple[float, float, float]] = {}
     seed = settings.random_seed
-    y_all = raw["arrest"].map(F.to_bool) == 1.0
+    y_all = raw["arrest"].map(R.to_bool) == 1.0
     enricher = F.CrimeEnricher(stations).fit()
     enriched, *stats = measure(lambda: enricher.transform(raw))
     out["enrich"] = tuple(stats)

@@ -40,6 +40,7 @@ def main() -> None:
     from moto.server import ThreadedMotoServer
 
     from chicago_crime import etl
+    from chicago_crime import record as R
     from chicago_crime.config import load_settings
     from chicago_crime.devtools.seed import seed_window_from_exports
     from chicago_crime.lake import Lake
@@ -70,13 +71,13 @@ def main() -> None:
 
         model = registry.load_version(settings.model_name, out["version"])
         raw_train, _ = etl.split_raw_window(TRAIN_MONTH, lake, settings)
-        baseline = ev.IucrRateBaseline().fit(raw_train, train.labels(raw_train))
+        baseline = ev.IucrRateBaseline().fit(raw_train, R.labels(raw_train))
         holdout = pd.concat([read_export(crimes_export_path(args.data, m)) for m in HOLDOUT],
                             ignore_index=True)
         holdout = holdout[holdout["arrest"].isin(["true", "false"])].reset_index(drop=True)
-        y = train.labels(holdout).astype(int)
+        y = R.labels(holdout).astype(int)
         t2 = time.perf_counter()
-        p_model = model.predict_proba(train.model_input(holdout))[:, 1]
+        p_model = model.predict_proba(R.model_frame(holdout))[:, 1]
         score_seconds = time.perf_counter() - t2
         p_base = baseline.predict_proba(holdout)[:, 1]
     server.stop()

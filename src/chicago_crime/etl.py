@@ -24,6 +24,7 @@ from sklearn.model_selection import train_test_split
 
 from chicago_crime import features as F
 from chicago_crime import layout
+from chicago_crime import record as R
 from chicago_crime.config import Settings, get_settings
 from chicago_crime.lake import Lake
 
@@ -102,13 +103,13 @@ def _read_stage(lake: Lake, month: str, stage: str) -> tuple[pd.DataFrame, pd.Da
 
 
 def _xy(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
-    X = df.drop(columns=[c for c in (F.TARGET, ID_COL) if c in df.columns])
-    return X, df[F.TARGET].astype(bool)
+    X = df.drop(columns=[c for c in (R.TARGET, ID_COL) if c in df.columns])
+    return X, df[R.TARGET].astype(bool)
 
 
 def _join(X: pd.DataFrame, y: pd.Series) -> pd.DataFrame:
     out = X.reset_index(drop=True).copy()
-    out[F.TARGET] = y.to_numpy(dtype=bool)
+    out[R.TARGET] = y.to_numpy(dtype=bool)
     return out
 
 
@@ -134,7 +135,7 @@ def read_enriched(lake: Lake, month: str) -> pd.DataFrame | None:
         return None
     dtypes: dict[str, Any] = {c: str for c in (ID_COL, "date", *F.CATEGORICAL_COLUMNS)}
     dtypes.update({c: float for c in F.NUMERIC_COLUMNS})
-    dtypes[F.TARGET] = str
+    dtypes[R.TARGET] = str
     df = lake.read_csv(key, dtype=dtypes, keep_default_na=False, na_values=[""],
                        float_precision="round_trip")
     for col in F.CATEGORICAL_COLUMNS:
@@ -157,12 +158,10 @@ def enrich_data(month: str, lake: Lake | None = None,
         return _no_data(month, "enrich", "the window has no rows")
     enricher = F.CrimeEnricher(read_stations(lake, month)).fit()
     enriched = enricher.transform(raw)
-    target = pd.Series(F._map_unique(raw[F.TARGET].to_numpy(dtype=object)
-                                     if F.TARGET in raw.columns else np.full(len(raw), None),
-                                     F.to_bool).astype(float))
+    target = pd.Series(R.labels(raw))
     out = pd.concat([raw[[c for c in (ID_COL, "date") if c in raw.columns]].reset_index(drop=True),
                      enriched.reset_index(drop=True)], axis=1)
-    out[F.TARGET] = target.map({1.0: "true", 0.0: "false"})
+    out[R.TARGET] = target.map({1.0: "true", 0.0: "false"})
     key = layout.enriched_key(month)
     lake.write_csv(key, out)
     lake.write_object(enricher_key(month), enricher)
@@ -200,14 +199,14 @@ def split_data(month: str, lake: Lake | None = None,
     if df is None:
         return _no_data(month, "split", f"missing {layout.enriched_key(month)}")
     rows_in = len(df)
-    df = df[df[F.TARGET].isin(["true", "false"])].reset_index(drop=True)
-    y = df[F.TARGET] == "true"
+    df = df[df[R.TARGET].isin(["true", "false"])].reset_index(drop=True)
+    y = df[R.TARGET] == "true"
     if len(df) < 10 or y.nunique() < 2 or min(y.sum(), (~y).sum()) < 2:
         return _no_data(month, "split", f"{len(df)} labelled rows, too few to split")
     train_pos, test_pos = split_positions(y, settings)
     columns = [c for c in (ID_COL,) if c in df.columns] + list(F.ENRICHED_COLUMNS)
     frame = df[columns].copy()
-    frame[F.TARGET] = y.to_numpy()
+    frame[R.TARGET] = y.to_numpy()
     train, test = frame.iloc[train_pos], frame.iloc[test_pos]
     return _finish(lake, month, "split", started, train, test, fitted=None,
                    source=[layout.enriched_key(month)], rows_in={"all": rows_in},
@@ -233,9 +232,9 @@ def _finish(lake: Lake, month: str, stage: str, started: float, train: pd.DataFr
         "stage": stage, "month": month, "source": source,
         "outputs": {k: v for k, v in keys.items() if k != "report"},
         "rows_in": rows_in, "rows_out": {"train": len(train), "test": len(test)},
-        "columns": [c for c in train.columns if c not in (F.TARGET, ID_COL)],
-        "class_balance": {"train": _balance(train[F.TARGET].astype(bool)),
-                          "test": _balance(test[F.TARGET].astype(bool))},
+        "columns": [c for c in train.columns if c not in (R.TARGET, ID_COL)],
+        "class_balance": {"train": _balance(train[R.TARGET].astype(bool)),
+                          "test": _balance(test[R.TARGET].astype(bool))},
         "details": details or {},
         "seconds": round(time.perf_counter() - started, 3),
     }

@@ -10,12 +10,13 @@ code composes the *same* classes into the served pipeline::
 
 Each non-sampler step also has ``transform_record(record: dict) -> dict``: the same values as
 ``transform`` on a one-row frame, in plain Python/NumPy (no pandas), for the low-latency
-serving path (:func:`transform_record_steps` chains them).
+serving path (``model.predict.RecordPredictor`` chains them).
 
 Conventions (documented in ``docs/features.md``):
 
 * coordinates are EPSG:3435 (NAD83 / Illinois East, US survey feet), the CRS of the portal's
-  ``x_coordinate``/``y_coordinate``; the distance column is ``dist_to_station_ft`` (feet);
+  ``x_coordinate``/``y_coordinate``, read with the record contract's box
+  (:func:`chicago_crime.record.coordinates`); the distance column is ``dist_to_station_ft``;
 * ``season``: Dec-Feb Winter, Mar-May Spring, Jun-Aug Summer, Sep-Nov Fall;
 * ``day_time``: Morning [06:00, 12:00), Afternoon [12:00, 18:00), Evening [18:00, 22:00),
   Night [22:00, 06:00);
@@ -25,9 +26,7 @@ Conventions (documented in ``docs/features.md``):
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import datetime
-from functools import lru_cache
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import geopandas as gpd
@@ -35,26 +34,32 @@ import numpy as np
 import pandas as pd
 from imblearn.over_sampling import SMOTE
 from imblearn.under_sampling import RandomUnderSampler
-from pyproj import Transformer
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.feature_selection import mutual_info_classif
 from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler, TargetEncoder
 from sklearn.utils.validation import check_is_fitted
 
-TARGET = "arrest"
-CRS_FEET = "EPSG:3435"
-CRS_LONLAT = "EPSG:4326"
+from chicago_crime.record import (
+    CATEGORICAL_NORMALIZERS,
+    CRS_FEET,
+    MODEL_FIELDS,
+    calendar,
+    column,
+    coordinates,
+    frame_coordinates,
+    integer_text,
+    is_missing,
+    map_unique,
+    parse_when,
+    to_bool,
+    to_float,
+)
+
 DIST_COL = "dist_to_station_ft"
 STATION_COL = "nearest_station_district"
 MISSING = "__missing__"
 
-#: Plausible EPSG:3435 bounds of Chicago (feet); coordinates outside are treated as missing.
-X_BOUNDS = (1_000_000.0, 1_300_000.0)
-Y_BOUNDS = (1_750_000.0, 2_000_000.0)
-#: Plausible lat/lon bounds used before projecting lat/lon when x/y are missing.
-LAT_BOUNDS = (41.0, 43.0)
-LON_BOUNDS = (-89.0, -87.0)
 #: Frames with at most this many located rows find the nearest station with a NumPy distance
 #: matrix (fast on serving-size batches); larger frames use ``geopandas.sjoin_nearest``.
 MATRIX_NEAREST_MAX_ROWS = 5_000
@@ -79,141 +84,6 @@ NUMERIC_COLUMNS: tuple[str, ...] = (
 )
 #: Columns produced by :class:`CrimeEnricher`, in order.
 ENRICHED_COLUMNS: tuple[str, ...] = CATEGORICAL_COLUMNS + NUMERIC_COLUMNS
-#: Raw fields the enricher reads (anything else in a record is ignored).
-INPUT_FIELDS: tuple[str, ...] = (
-    "date", "iucr", "primary_type", "description", "location_description", "domestic", "beat",
-    "district", "ward", "community_area", "fbi_code", "x_coordinate", "y_coordinate",
-    "latitude", "longitude",
-)
-
-
-# --------------------------------------------------------------------------------------------
-# scalar coercions: shared by the batch and the per-record paths, so both agree exactly
-# --------------------------------------------------------------------------------------------
-def is_missing(value: Any) -> bool:
-    """None, NaN, NaT, pd.NA or a blank string."""
-    if value is None or value is pd.NA or value is pd.NaT:
-        return True
-    if isinstance(value, float | np.floating):
-        return math.isnan(value)
-    if isinstance(value, str):
-        return not value.strip()
-    return False
-
-
-def to_float(value: Any) -> float:
-    """A finite float, or NaN (numbers sent as strings are accepted)."""
-    if is_missing(value):
-        return math.nan
-    try:
-        out = float(value.strip()) if isinstance(value, str) else float(value)
-    except (TypeError, ValueError):
-        return math.nan
-    return out if math.isfinite(out) else math.nan
-
-
-_TRUE = {"true", "t", "1", "yes", "y", "1.0"}
-_FALSE = {"false", "f", "0", "no", "n", "0.0"}
-
-
-def to_bool(value: Any) -> float:
-    """1.0 / 0.0 for boolean-like values (``True``, ``"true"``, ``1`` ...), NaN otherwise."""
-    if is_missing(value):
-        return math.nan
-    if isinstance(value, bool | np.bool_):
-        return 1.0 if value else 0.0
-    text = str(value).strip().lower()
-    if text in _TRUE:
-        return 1.0
-    if text in _FALSE:
-        return 0.0
-    return math.nan
-
-
-def _integer_text(value: Any) -> str | None:
-    """``'0632'``, ``632`` and ``632.0`` -> ``'632'``; None when not an integer."""
-    if isinstance(value, bool | np.bool_):
-        return None
-    if isinstance(value, int | np.integer):
-        return str(int(value))
-    if isinstance(value, float | np.floating):
-        return str(int(value)) if float(value).is_integer() else None
-    text = str(value).strip()
-    if text.isdigit():
-        return str(int(text))
-    try:
-        number = float(text)
-    except ValueError:
-        return None
-    return str(int(number)) if math.isfinite(number) and number.is_integer() else None
-
-
-def norm_code(value: Any) -> str | None:
-    """Numeric area codes (beat, district, ward, community area) without leading zeros."""
-    if is_missing(value):
-        return None
-    as_int = _integer_text(value)
-    return as_int if as_int is not None else str(value).strip().upper()
-
-
-def norm_iucr(value: Any) -> str | None:
-    """IUCR codes as 4 characters: ``486`` / ``'0486'`` -> ``'0486'``, ``'31a'`` -> ``'031A'``."""
-    if is_missing(value):
-        return None
-    as_int = _integer_text(value)
-    text = as_int if as_int is not None else str(value).strip().upper()
-    return text.zfill(4)
-
-
-def norm_fbi(value: Any) -> str | None:
-    """FBI codes: ``6`` -> ``'06'``, ``'8a'`` -> ``'08A'``."""
-    if is_missing(value):
-        return None
-    as_int = _integer_text(value)
-    if as_int is not None:
-        return as_int.zfill(2)
-    text = str(value).strip().upper()
-    return text.zfill(3) if text[:-1].isdigit() else text
-
-
-def norm_text(value: Any) -> str | None:
-    """Free-text categories: upper case, single spaces."""
-    if is_missing(value):
-        return None
-    return " ".join(str(value).split()).upper()
-
-
-CATEGORICAL_NORMALIZERS: dict[str, Callable[[Any], str | None]] = {
-    "iucr": norm_iucr,
-    "primary_type": norm_text,
-    "description": norm_text,
-    "location_description": norm_text,
-    "beat": norm_code,
-    "district": norm_code,
-    "ward": norm_code,
-    "community_area": norm_code,
-    "fbi_code": norm_fbi,
-}
-
-
-def parse_when(value: Any) -> tuple[float, float, float]:
-    """(hour, day_of_week, month) of a floating timestamp; NaNs when unparseable."""
-    nan3 = (math.nan, math.nan, math.nan)
-    if is_missing(value):
-        return nan3
-    moment: datetime | None
-    if isinstance(value, datetime):
-        moment = value
-    elif isinstance(value, np.datetime64):
-        moment = pd.Timestamp(value).to_pydatetime()
-    elif isinstance(value, str):
-        try:
-            moment = datetime.fromisoformat(value.strip())
-        except ValueError:
-            return nan3
-    else:
-        return nan3
-    return float(moment.hour), float(moment.weekday()), float(moment.month)
 
 
 def season_of(month: float | None) -> str | None:
@@ -231,75 +101,6 @@ def day_time_of(hour: float | None) -> str | None:
         if start <= hour < end:
             return label
     return "Night"
-
-
-def _in(value: float, bounds: tuple[float, float]) -> bool:
-    return bounds[0] <= value <= bounds[1]
-
-
-@lru_cache(maxsize=1)
-def _lonlat_to_feet() -> Transformer:
-    return Transformer.from_crs(CRS_LONLAT, CRS_FEET, always_xy=True)
-
-
-def _map_unique(values: Any, func: Callable[[Any], Any]) -> np.ndarray:
-    """Apply a scalar function once per distinct value (fast on low-cardinality columns)."""
-    arr = np.asarray(values, dtype=object)
-    codes, uniques = pd.factorize(arr, use_na_sentinel=True)
-    mapped = [func(u) for u in uniques] + [func(None)]
-    table = np.empty(len(mapped), dtype=object)
-    table[:] = mapped
-    return table[codes]  # code -1 (missing) picks the last entry
-
-
-def _column(df: pd.DataFrame, name: str) -> np.ndarray:
-    if name in df.columns:
-        return df[name].to_numpy(dtype=object)
-    return np.full(len(df), None, dtype=object)
-
-
-def _calendar(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(hour, day_of_week, month) of the ``date`` column: :func:`parse_when` of each value
-    (read from the ``.dt`` accessor when the column is already a datetime column)."""
-    if "date" in df.columns and pd.api.types.is_datetime64_any_dtype(df["date"].dtype):
-        parts = df["date"].dt
-        hour, dow, month = (getattr(parts, a).to_numpy(dtype=float, na_value=np.nan)
-                            for a in ("hour", "weekday", "month"))
-        return hour, dow, month
-    n = len(df)
-    when = _map_unique(_column(df, "date"), parse_when)
-    return tuple(np.fromiter((w[i] for w in when), dtype=float, count=n)  # type: ignore[return-value]
-                 for i in range(3))
-
-
-#: Value types whose NumPy object -> float cast is Python's ``float()`` (as in :func:`to_float`).
-_PLAIN_NUMBER_TYPES = frozenset({str, float, int, bool, type(None), np.float64, np.int64})
-
-
-def _floats(df: pd.DataFrame, name: str) -> np.ndarray:
-    """:func:`to_float` of every value of a column, vectorised when that gives the same result.
-
-    Numeric columns are read as floats; object columns whose values are all plain numbers,
-    strings or None are cast by NumPy (which calls ``float()`` and maps None to NaN); anything
-    else (blank strings, unparseable text, exotic objects) falls back to :func:`to_float` per
-    distinct value. Non-finite values become NaN in every case.
-    """
-    if name not in df.columns:
-        return np.full(len(df), np.nan)
-    col = df[name]
-    if pd.api.types.is_numeric_dtype(col.dtype):
-        out = col.to_numpy(dtype=float, na_value=np.nan)
-    else:
-        values = col.to_numpy(dtype=object)
-        try:
-            if not set(map(type, values)) <= _PLAIN_NUMBER_TYPES:
-                raise TypeError("not plain values")
-            out = values.astype(float)
-        except (TypeError, ValueError):
-            return _map_unique(values, to_float).astype(float)
-    out = np.array(out, dtype=float, copy=True)
-    out[~np.isfinite(out)] = np.nan
-    return out
 
 
 def _as_frame(X: Any) -> pd.DataFrame:
@@ -340,11 +141,11 @@ def prepare_stations(stations: StationTable | None) -> pd.DataFrame:
         raise ValueError("a non-empty police station table is required")
     out = []
     for rec in stations.to_dict("records"):
-        district = _integer_text(rec.get("district")) if not is_missing(rec.get("district")) \
+        district = integer_text(rec.get("district")) if not is_missing(rec.get("district")) \
             else None
         if district is None:
             continue
-        x, y = _coordinates(rec)
+        x, y = coordinates(rec)
         if math.isnan(x):
             continue
         out.append((district, x, y))
@@ -352,20 +153,6 @@ def prepare_stations(stations: StationTable | None) -> pd.DataFrame:
         raise ValueError("no district station with coordinates in the station table")
     out.sort(key=lambda r: int(r[0]))
     return pd.DataFrame(out, columns=["district", "x", "y"])
-
-
-def _coordinates(rec: Mapping[str, Any]) -> tuple[float, float]:
-    """EPSG:3435 x/y of one record: its own x/y, else projected lat/lon, else NaN."""
-    x, y = to_float(rec.get("x_coordinate")), to_float(rec.get("y_coordinate"))
-    if not math.isnan(x) and not math.isnan(y) and _in(x, X_BOUNDS) and _in(y, Y_BOUNDS):
-        return x, y
-    lat, lon = to_float(rec.get("latitude")), to_float(rec.get("longitude"))
-    if not math.isnan(lat) and not math.isnan(lon) and _in(lat, LAT_BOUNDS) \
-            and _in(lon, LON_BOUNDS):
-        px, py = _lonlat_to_feet().transform(lon, lat)
-        if _in(px, X_BOUNDS) and _in(py, Y_BOUNDS):
-            return float(px), float(py)
-    return math.nan, math.nan
 
 
 class CrimeEnricher(TransformerMixin, BaseEstimator):
@@ -395,11 +182,16 @@ class CrimeEnricher(TransformerMixin, BaseEstimator):
         self.station_district_ = table["district"].tolist()
         self.station_x_ = table["x"].to_numpy(dtype=float)
         self.station_y_ = table["y"].to_numpy(dtype=float)
-        self.n_features_in_ = len(INPUT_FIELDS)
+        self.n_features_in_ = len(MODEL_FIELDS)
         return self
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
         return np.asarray(ENRICHED_COLUMNS, dtype=object)
+
+    def report(self) -> dict[str, Any]:
+        """What the fit found (for the stage's JSON report)."""
+        check_is_fitted(self, "station_x_")
+        return {"stations": len(self.station_district_)}
 
     # -- batch --------------------------------------------------------------------------------
     def transform(self, X: Any) -> pd.DataFrame:
@@ -407,15 +199,13 @@ class CrimeEnricher(TransformerMixin, BaseEstimator):
         df = _as_frame(X)
         out: dict[str, Any] = {}
         for name, func in CATEGORICAL_NORMALIZERS.items():
-            out[name] = _map_unique(_column(df, name), func)
-        hour, dow, month = _calendar(df)
-        out["season"] = _map_unique(month, season_of)
-        out["day_time"] = _map_unique(hour, day_time_of)
-        domestic = _map_unique(_column(df, "domestic"), to_bool).astype(float)
+            out[name] = map_unique(column(df, name), func)
+        hour, dow, month = calendar(df)
+        out["season"] = map_unique(month, season_of)
+        out["day_time"] = map_unique(hour, day_time_of)
+        domestic = map_unique(column(df, "domestic"), to_bool).astype(float)
 
-        x, y = _floats(df, "x_coordinate"), _floats(df, "y_coordinate")
-        lat, lon = _floats(df, "latitude"), _floats(df, "longitude")
-        x, y = self._project(x, y, lat, lon)
+        x, y = frame_coordinates(df)
         dist, station = self._nearest(x, y)
         out[STATION_COL] = station
         numeric = {"domestic": domestic, "hour": hour, "day_of_week": dow, "month": month,
@@ -426,24 +216,6 @@ class CrimeEnricher(TransformerMixin, BaseEstimator):
              for c in ENRICHED_COLUMNS},
             index=df.index,  # same index everywhere: no alignment
         )
-
-    @staticmethod
-    def _project(x: np.ndarray, y: np.ndarray, lat: np.ndarray, lon: np.ndarray,
-                 ) -> tuple[np.ndarray, np.ndarray]:
-        ok = (x >= X_BOUNDS[0]) & (x <= X_BOUNDS[1]) & (y >= Y_BOUNDS[0]) & (y <= Y_BOUNDS[1])
-        x = np.where(ok, x, np.nan)
-        y = np.where(ok, y, np.nan)
-        need = ~ok & (lat >= LAT_BOUNDS[0]) & (lat <= LAT_BOUNDS[1]) \
-            & (lon >= LON_BOUNDS[0]) & (lon <= LON_BOUNDS[1])
-        if need.any():
-            px, py = _lonlat_to_feet().transform(lon[need], lat[need])
-            px, py = np.asarray(px, dtype=float), np.asarray(py, dtype=float)
-            inside = (px >= X_BOUNDS[0]) & (px <= X_BOUNDS[1]) \
-                & (py >= Y_BOUNDS[0]) & (py <= Y_BOUNDS[1])
-            idx = np.flatnonzero(need)
-            x[idx] = np.where(inside, px, np.nan)
-            y[idx] = np.where(inside, py, np.nan)
-        return x, y
 
     def _nearest(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Distance (feet) to and district of the nearest station, in the EPSG:3435 plane.
@@ -504,7 +276,7 @@ class CrimeEnricher(TransformerMixin, BaseEstimator):
         for name, func in CATEGORICAL_NORMALIZERS.items():
             out[name] = func(record.get(name))
         hour, dow, month = parse_when(record.get("date"))
-        x, y = _coordinates(record)
+        x, y = coordinates(record)
         if math.isnan(x):
             dist, station = math.nan, None
         else:
@@ -581,6 +353,12 @@ class OutlierHandler(TransformerMixin, BaseEstimator):
         names = [self._name(c) for c in self.feature_names_in_]
         names += [f"{c}_missing" for c in self.indicators_]
         return np.asarray(names, dtype=object)
+
+    def report(self) -> dict[str, Any]:
+        """What the fit found (for the stage's JSON report)."""
+        check_is_fitted(self, "medians_")
+        return {"bounds": self.bounds_, "medians": self.medians_,
+                "clipped_train_rows": self.n_clipped_}
 
     def transform(self, X: pd.DataFrame) -> pd.DataFrame:
         check_is_fitted(self, "medians_")
@@ -729,6 +507,14 @@ class CrimeEncoder(TransformerMixin, BaseEstimator):
         names += [f"{col}_te" for col in self.target_columns_]
         return np.asarray(names, dtype=object)
 
+    def report(self) -> dict[str, Any]:
+        """What the fit found (for the stage's JSON report)."""
+        check_is_fitted(self, "onehot_")
+        return {"onehot": self.onehot_, "frequency_columns": list(self.frequency_),
+                "target_columns": self.target_columns_,
+                "categories": {c: len(m) for c, m in self.target_maps_.items()},
+                "train_arrest_rate": self.target_mean_}
+
     def _assemble(self, df: pd.DataFrame, te_values: np.ndarray | None) -> pd.DataFrame:
         out: dict[str, Any] = {c: df[c].to_numpy(dtype=float) for c in self.numeric_columns_}
         for col, cats in self.onehot_.items():
@@ -771,7 +557,19 @@ class CrimeEncoder(TransformerMixin, BaseEstimator):
 # scaling, balancing, selection
 # --------------------------------------------------------------------------------------------
 class RecordScaler(StandardScaler):
-    """``StandardScaler`` (pandas output) with a per-record path."""
+    """``StandardScaler`` with pandas output and a per-record path."""
+
+    def __init__(self, *, copy: bool = True, with_mean: bool = True,
+                 with_std: bool = True) -> None:
+        super().__init__(copy=copy, with_mean=with_mean, with_std=with_std)
+        self.set_output(transform="pandas")
+
+    def report(self) -> dict[str, Any]:
+        """What the fit found (for the stage's JSON report)."""
+        check_is_fitted(self, "scale_")
+        names = self.feature_names_in_.tolist()
+        return {"mean": dict(zip(names, self.mean_.tolist(), strict=True)),
+                "scale": dict(zip(names, self.scale_.tolist(), strict=True))}
 
     def transform_record(self, record: Mapping[str, Any]) -> dict[str, Any]:
         check_is_fitted(self, "scale_")
@@ -847,6 +645,12 @@ class SmoteUnderSampler(BaseEstimator):
         self.counts_after_ = {str(k): int(v) for k, v in after.items()}
         return X, y
 
+    def report(self) -> dict[str, Any]:
+        """What the last ``fit_resample`` did (for the stage's JSON report)."""
+        check_is_fitted(self, "counts_after_")
+        return {"smote_ratio": self.smote_ratio, "final_ratio": self.final_ratio,
+                "counts_before": self.counts_before_, "counts_after": self.counts_after_}
+
 
 class MutualInfoSelector(TransformerMixin, BaseEstimator):
     """Keep the ``k`` features with the highest mutual information with the target
@@ -889,6 +693,13 @@ class MutualInfoSelector(TransformerMixin, BaseEstimator):
         check_is_fitted(self, "selected_")
         return np.asarray(self.selected_, dtype=object)
 
+    def report(self) -> dict[str, Any]:
+        """What the fit found (for the stage's JSON report)."""
+        check_is_fitted(self, "selected_")
+        return {"selected": self.selected_, "k": self.k,
+                "scores": {n: round(s, 6)
+                           for n, s in sorted(self.scores_.items(), key=lambda kv: -kv[1])}}
+
     def transform(self, X: Any) -> Any:
         check_is_fitted(self, "selected_")
         if isinstance(X, pd.DataFrame):
@@ -902,7 +713,7 @@ class MutualInfoSelector(TransformerMixin, BaseEstimator):
 
 
 # --------------------------------------------------------------------------------------------
-# factories and the per-record chain
+# factories
 # --------------------------------------------------------------------------------------------
 def make_feature_steps(stations: StationTable, seed: int = 0) -> list[tuple[str, Any]]:
     """The standard fitted feature steps: enrich, outliers, encode, scale (all unfitted)."""
@@ -910,7 +721,7 @@ def make_feature_steps(stations: StationTable, seed: int = 0) -> list[tuple[str,
         ("enrich", CrimeEnricher(stations)),
         ("outliers", OutlierHandler()),
         ("encode", CrimeEncoder(random_state=seed)),
-        ("scale", RecordScaler().set_output(transform="pandas")),
+        ("scale", RecordScaler()),
     ]
 
 
@@ -925,26 +736,3 @@ def make_selector(seed: int = 0, k: int | None = 20, min_score: float = 0.0,
     """Mutual-information feature selector (seeded)."""
     return MutualInfoSelector(k=k, min_score=min_score, max_samples=max_samples,
                               random_state=seed)
-
-
-def transform_record_steps(steps: Any, record: Mapping[str, Any]) -> dict[str, Any]:
-    """Run one raw record through fitted steps with ``transform_record``.
-
-    ``steps`` is a fitted (imblearn/sklearn) ``Pipeline`` or a list of ``(name, step)``.
-    Samplers are skipped (they only act during fit); the walk stops at the first step without
-    ``transform_record`` (the classifier). Returns the feature dict that step would receive.
-    """
-    items: Iterable[tuple[str, Any]] = getattr(steps, "steps", steps)
-    current: dict[str, Any] = dict(record)
-    for _name, step in items:
-        if step is None or step == "passthrough" or hasattr(step, "fit_resample"):
-            continue
-        if not hasattr(step, "transform_record"):
-            break
-        current = step.transform_record(current)
-    return current
-
-
-def record_vector(features: Mapping[str, Any], names: Sequence[str]) -> np.ndarray:
-    """A ``(1, len(names))`` float row of ``features`` in the model's column order."""
-    return np.array([[float(features[n]) for n in names]], dtype=float)

@@ -26,7 +26,8 @@ from chicago_crime.layout import (
     raw_stations_key,
     window_key,
 )
-from chicago_crime.portal import CRIME_FIELDS, STATION_FIELDS
+from chicago_crime.portal import STATION_FIELDS
+from chicago_crime.record import CRIME_FIELDS
 from chicago_crime.socrata import SocrataClient
 from chicago_crime.validation import REASON, validate_crimes
 

@@ -1,4 +1,6 @@
-"""The Chicago Data Portal's two datasets: field names and the CSV export format.
+"""The Chicago Data Portal's two datasets: the stations' fields and the CSV export format.
+
+The crime record's fields are the record contract (:mod:`chicago_crime.record`).
 
 The live SODA 2.x API returns snake_case field names, numbers as strings, booleans as JSON
 booleans and floating timestamps such as ``2018-03-01T13:00:00.000``; the portal's CSV export
@@ -13,18 +15,12 @@ from pathlib import Path
 
 import pandas as pd
 
-CRIME_FIELDS: tuple[str, ...] = (
-    "id", "case_number", "date", "block", "iucr", "primary_type", "description",
-    "location_description", "arrest", "domestic", "beat", "district", "ward",
-    "community_area", "fbi_code", "x_coordinate", "y_coordinate", "year", "updated_on",
-    "latitude", "longitude", "location",
-)
+from chicago_crime.record import BOOLEAN_FIELDS, TIMESTAMP_FIELDS
+
 STATION_FIELDS: tuple[str, ...] = (
     "district", "district_name", "address", "city", "state", "zip", "website", "phone",
     "fax", "tty", "x_coordinate", "y_coordinate", "latitude", "longitude", "location",
 )
-BOOLEAN_FIELDS: tuple[str, ...] = ("arrest", "domestic")
-TIMESTAMP_FIELDS: tuple[str, ...] = ("date", "updated_on")
 EXPORT_DATE_FORMAT = "%m/%d/%Y %I:%M:%S %p"
 SODA_DATE_FORMAT = "%Y-%m-%dT%H:%M:%S.000"
 

@@ -31,7 +31,8 @@ from tenacity import (
 )
 
 from chicago_crime.config import Settings, get_settings
-from chicago_crime.portal import CRIME_FIELDS, STATION_FIELDS
+from chicago_crime.portal import STATION_FIELDS
+from chicago_crime.record import CRIME_FIELDS
 
 log = logging.getLogger(__name__)
 

@@ -1,10 +1,12 @@
-"""Validation of raw crime records at ingestion (pandera).
+"""Validation of raw crime records at ingestion (pandera), from the record contract.
 
-Records arrive as strings in the SODA API's form. A record is valid when its required fields
-are present, numbers parse, ``arrest``/``domestic`` are ``true``/``false``, ``date`` is a
-floating timestamp (inside the expected month when one is given), ``id`` is unique, and the
-coordinates are inside Chicago or both missing. Invalid rows are returned with a ``reason``
-column (never dropped silently) so the caller can quarantine them.
+Records arrive as strings in the SODA API's form. A record is valid when the fields
+:data:`record.REQUIRED_FIELDS` are present, :data:`record.NUMERIC_FIELDS` parse as numbers,
+``arrest``/``domestic`` are ``true``/``false``, ``date`` is a floating timestamp (inside the
+expected month when one is given), ``id`` is unique, and each coordinate pair is inside
+Chicago (:data:`record.BOUNDS`, the boxes the API and the enricher use too) or missing as a
+pair. Invalid rows are returned with a ``reason`` column (never dropped silently) so the
+caller can quarantine them.
 """
 
 from __future__ import annotations
@@ -16,18 +18,19 @@ import pandas as pd
 import pandera.pandas as pa
 
 from chicago_crime.layout import month_bounds
-from chicago_crime.portal import BOOLEAN_FIELDS, CRIME_FIELDS
+from chicago_crime.record import (
+    BOOLEAN_FIELDS,
+    BOUNDS,
+    COORDINATE_PAIRS,
+    CRIME_FIELDS,
+    NUMERIC_FIELDS,
+    REQUIRED_FIELDS,
+)
 
-# Bounding box of the City of Chicago (degrees, with a small margin).
-LAT_RANGE: tuple[float, float] = (41.6, 42.1)
-LON_RANGE: tuple[float, float] = (-87.95, -87.5)
 BOOLEAN_VALUES: frozenset[str] = frozenset({"true", "false"})
-REQUIRED_FIELDS: tuple[str, ...] = (
-    "id", "case_number", "date", "iucr", "primary_type", "arrest", "domestic", "fbi_code",
-)
-NUMERIC_FIELDS: tuple[str, ...] = (
-    "beat", "district", "ward", "community_area", "x_coordinate", "y_coordinate", "year",
-)
+#: Text fields the portal may leave out of a record altogether (every other field is a column).
+OMITTABLE_FIELDS: frozenset[str] = frozenset({"block", "description", "location_description",
+                                              "location"})
 TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S.%f"
 REASON = "reason"
 
@@ -44,46 +47,43 @@ def _in_range(low: float, high: float) -> Any:
     return lambda s: _numeric(s).between(low, high)
 
 
-def _coordinates_paired(df: pd.DataFrame) -> pd.Series:
-    return df["latitude"].isna() == df["longitude"].isna()
+def _paired(first: str, second: str) -> pa.Check:
+    return pa.Check(lambda df: df[first].isna() == df[second].isna(),
+                    name=f"{first}/{second}: only one of them present")
+
+
+def _field_checks(month: str | None) -> dict[str, list[pa.Check]]:
+    checks: dict[str, list[pa.Check]] = {field: [] for field in CRIME_FIELDS}
+    checks["id"].append(pa.Check(lambda s: s.str.fullmatch(r"\d+"), name="not an integer"))
+    checks["date"].append(pa.Check(lambda s: _timestamps(s).notna(), name="not a timestamp"))
+    if month is not None:
+        start, end = month_bounds(month)
+        checks["date"].append(pa.Check(
+            lambda s: _timestamps(s).between(start, end, inclusive="left"),
+            name=f"outside {month}"))
+    checks["updated_on"].append(pa.Check(lambda s: _timestamps(s).notna(),
+                                         name="not a timestamp"))
+    for field in BOOLEAN_FIELDS:
+        checks[field].append(pa.Check(lambda s: s.isin(BOOLEAN_VALUES),
+                                      name="not a known boolean (true/false)"))
+    for field in NUMERIC_FIELDS:
+        checks[field].append(pa.Check(lambda s: _numeric(s).notna(), name="not a number"))
+    for field, box in BOUNDS.items():
+        checks[field].append(pa.Check(_in_range(*box), name=f"outside Chicago {box}"))
+    return checks
 
 
 def crimes_schema(month: str | None = None) -> pa.DataFrameSchema:
     """The schema of raw crime records; with ``month``, ``date`` must fall inside it."""
-    date_checks = [pa.Check(lambda s: _timestamps(s).notna(), name="not a timestamp")]
-    if month is not None:
-        start, end = month_bounds(month)
-        date_checks.append(pa.Check(lambda s: _timestamps(s).between(start, end,
-                                                                      inclusive="left"),
-                                    name=f"outside {month}"))
-    columns: dict[str, pa.Column] = {
-        "id": pa.Column(nullable=False, unique=True, report_duplicates="exclude_first",
-                        checks=pa.Check(lambda s: s.str.fullmatch(r"\d+"),
-                                        name="not an integer")),
-        "date": pa.Column(nullable=False, checks=date_checks),
-        "updated_on": pa.Column(nullable=True, checks=pa.Check(
-            lambda s: _timestamps(s).notna(), name="not a timestamp")),
-        "latitude": pa.Column(nullable=True, checks=pa.Check(
-            _in_range(*LAT_RANGE), name=f"outside Chicago {LAT_RANGE}")),
-        "longitude": pa.Column(nullable=True, checks=pa.Check(
-            _in_range(*LON_RANGE), name=f"outside Chicago {LON_RANGE}")),
+    checks = _field_checks(month)
+    columns = {
+        field: pa.Column(nullable=field not in REQUIRED_FIELDS,
+                         required=field not in OMITTABLE_FIELDS, checks=checks[field],
+                         unique=field == "id", report_duplicates="exclude_first")
+        for field in CRIME_FIELDS
     }
-    for field in REQUIRED_FIELDS:
-        columns.setdefault(field, pa.Column(nullable=False))
-    for field in BOOLEAN_FIELDS:
-        columns[field] = pa.Column(nullable=False, checks=pa.Check(
-            lambda s: s.isin(BOOLEAN_VALUES), name="not a known boolean (true/false)"))
-    for field in NUMERIC_FIELDS:
-        columns[field] = pa.Column(nullable=True, checks=pa.Check(
-            lambda s: _numeric(s).notna(), name="not a number"))
-    optional = {"block", "description", "location_description", "location"}
-    for field in CRIME_FIELDS:
-        columns.setdefault(field, pa.Column(nullable=True, required=field not in optional))
     return pa.DataFrameSchema(
-        columns,
-        checks=[pa.Check(_coordinates_paired,
-                         name="latitude/longitude: only one of them present")],
-        strict=False,
+        columns, checks=[_paired(*pair) for pair in COORDINATE_PAIRS], strict=False,
         coerce=False,
     )
 

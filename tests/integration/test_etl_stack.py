@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from chicago_crime import etl, layout, portal
-from chicago_crime import features as F
+from chicago_crime import record as R
 from chicago_crime.lake import Lake
 
 pytestmark = pytest.mark.integration
@@ -55,7 +55,7 @@ def test_stages_run_on_real_s3(stack_run):
     selector = lake.read_object(layout.stage_key(MONTH, "features", "selector.joblib"))
     assert selector.selected_ == results["features"]["features"]
     train = lake.read_parquet(layout.stage_key(MONTH, "balanced", "train.parquet"))
-    assert train[F.TARGET].mean() == pytest.approx(0.5)
+    assert train[R.TARGET].mean() == pytest.approx(0.5)
 
 
 def test_rerun_on_real_s3_changes_nothing(stack_run):

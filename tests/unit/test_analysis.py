@@ -14,6 +14,7 @@ import pytest
 
 from chicago_crime import etl, layout
 from chicago_crime import features as F
+from chicago_crime import record as R
 from chicago_crime.ingest import to_csv_bytes
 from chicago_crime.model import analysis, registry
 from chicago_crime.model import evaluate as ev
@@ -29,7 +30,7 @@ def _frame(n: int = 600) -> pd.DataFrame:
     arrest = RNG.choice(["true", "false", None], size=n, p=[0.3, 0.65, 0.05])
     dist = RNG.uniform(0, 20_000, size=n)
     dist[RNG.random(n) < 0.05] = np.nan
-    return pd.DataFrame({"district": district, F.TARGET: arrest, F.DIST_COL: dist,
+    return pd.DataFrame({"district": district, R.TARGET: arrest, F.DIST_COL: dist,
                          "x_coordinate": np.where(np.isnan(dist), np.nan, 1.1e6),
                          "y_coordinate": np.where(np.isnan(dist), np.nan, 1.9e6)})
 
@@ -51,8 +52,8 @@ def test_notebook_month_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -
 def test_arrest_rates_match_a_direct_groupby() -> None:
     df = _frame()
     table = analysis.arrest_rates(df, "district")
-    labelled = df[df[F.TARGET].notna()]
-    expected = (labelled.assign(y=labelled[F.TARGET] == "true",
+    labelled = df[df[R.TARGET].notna()]
+    expected = (labelled.assign(y=labelled[R.TARGET] == "true",
                                 g=labelled["district"].fillna(F.MISSING))
                 .groupby("g")["y"].agg(["size", "sum", "mean"]))
     got = table.set_index("district")
@@ -77,7 +78,7 @@ def test_arrest_rates_order_and_min_rows() -> None:
 
 def test_arrest_rate_by_distance_bins() -> None:
     df = pd.DataFrame({F.DIST_COL: [0.0, 1319.9, 1320.0, 5280.0, 1e6, np.nan],
-                       F.TARGET: ["true", "false", "true", "true", "false", "false"]})
+                       R.TARGET: ["true", "false", "true", "true", "false", "false"]})
     table = analysis.arrest_rate_by_distance(df).set_index("distance")
     assert table.loc["0-0.25 mi", "rows"] == 2 and table.loc["0-0.25 mi", "arrests"] == 1
     assert table.loc["0.25-0.5 mi", "rows"] == 1  # edges are [low, high)
@@ -112,7 +113,7 @@ def test_quality_summary_measures_and_reports() -> None:
     no_xy = table.loc["records without usable coordinates"]
     assert no_xy["measured"] == df["x_coordinate"].isna().sum() and no_xy["reported"] == 7
     unlabelled = table.loc["records without arrest label"]
-    assert unlabelled["measured"] == df[F.TARGET].isna().sum()
+    assert unlabelled["measured"] == df[R.TARGET].isna().sum()
     assert table.loc["quarantined (invalid) records in the window", "reported"] == 4
     assert table.loc["records without district", "share_of_records"] == pytest.approx(
         df["district"].isna().mean())
@@ -210,7 +211,7 @@ def test_load_registered_and_previous_champion(unit_settings: Any, tmp_path: Pat
     assert champion.uri == f"models:/{settings.model_name}@champion"
     assert champion.threshold == pytest.approx(0.45)
     assert champion.model is models["2"]
-    raw = pd.DataFrame({c: ["x"] * 3 for c in F.INPUT_FIELDS})
+    raw = pd.DataFrame({c: ["x"] * 3 for c in R.MODEL_FIELDS})
     assert champion.predict(raw).tolist() == [0.9] * 3
     previous = analysis.previous_champion(champion, settings, client=client, load=load)
     assert previous is not None and previous.version == "1" and previous.model is models["1"]

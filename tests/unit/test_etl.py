@@ -11,6 +11,7 @@ import pytest
 
 from chicago_crime import etl, layout, portal
 from chicago_crime import features as F
+from chicago_crime import record as R
 from chicago_crime.lake import Lake
 
 MONTH = "2018-06"
@@ -86,13 +87,13 @@ def test_balancing_touches_train_only_and_reaches_ratio(processed):
     balanced_test = lake.get_bytes(layout.stage_key(MONTH, "balanced", "test.parquet"))
     assert scaled_test == balanced_test
     train = lake.read_parquet(layout.stage_key(MONTH, "balanced", "train.parquet"))
-    counts = train[F.TARGET].value_counts()
+    counts = train[R.TARGET].value_counts()
     assert counts[True] == counts[False]  # default final_ratio = 1.0
     report = lake.read_json(etl.report_key(MONTH, "balanced"))
     assert report["details"]["counts_before"]["True"] < counts[True]
     features_test = lake.read_parquet(layout.stage_key(MONTH, "features", "test.parquet"))
     assert len(features_test) == results["split"]["rows"]["test"]
-    assert features_test[F.TARGET].mean() == pytest.approx(
+    assert features_test[R.TARGET].mean() == pytest.approx(
         report["class_balance"]["test"]["arrest_rate"], abs=1e-6)
 
 
@@ -103,7 +104,7 @@ def test_selected_features_and_scores_recorded(processed):
     assert selected == results["features"]["features"]
     assert set(selected) <= set(report["details"]["scores"])
     train = lake.read_parquet(layout.stage_key(MONTH, "features", "train.parquet"))
-    assert list(train.columns) == [*selected, F.TARGET]
+    assert list(train.columns) == [*selected, R.TARGET]
     scores = report["details"]["scores"]
     dropped = set(scores) - set(selected)
     assert min(scores[f] for f in selected) >= max(scores[f] for f in dropped)
@@ -156,7 +157,7 @@ def test_stage_outputs_match_the_composed_pipeline(processed, module_settings, s
         X = step.fit_transform(X, y.reset_index(drop=True))
     scaled = lake.read_parquet(layout.stage_key(MONTH, "scaled", "train.parquet"))
     np.testing.assert_allclose(X.to_numpy(dtype=float),
-                               scaled.drop(columns=[F.TARGET]).to_numpy(dtype=float),
+                               scaled.drop(columns=[R.TARGET]).to_numpy(dtype=float),
                                rtol=0, atol=1e-9)
     assert len(test_raw) == len(lake.read_parquet(layout.stage_key(MONTH, "split",
                                                                      "test.parquet")))
@@ -181,7 +182,7 @@ def test_no_data_statuses(unit_lake, unit_settings, stations):
     assert list(missing) == ["enrich"] and missing["enrich"]["status"] == etl.NO_DATA
     for func in etl.STAGE_FUNCTIONS.values():
         assert func("2019-01", unit_lake, unit_settings)["status"] == etl.NO_DATA
-    header = pd.DataFrame(columns=list(portal.CRIME_FIELDS))
+    header = pd.DataFrame(columns=list(R.CRIME_FIELDS))
     unit_lake.write_csv(layout.window_key("2019-02"), header)
     unit_lake.write_csv(layout.raw_stations_key("2019-02"), stations)
     assert etl.enrich_data("2019-02", unit_lake, unit_settings)["status"] == etl.NO_DATA

@@ -22,6 +22,8 @@ from sklearn.linear_model import LogisticRegression
 
 from chicago_crime import features as F
 from chicago_crime import layout, portal
+from chicago_crime import record as R
+from chicago_crime.model.predict import RecordPredictor
 
 US_FOOT_M = 1200 / 3937  # EPSG:3435 unit (US survey foot) in metres
 MONTHS = ("2018-05", "2018-06")
@@ -63,8 +65,8 @@ def fitted_pipeline(stations, raw, target) -> Pipeline:
 
 def _same(a: object, b: object) -> bool:
     """Equality where two missing values (None/NaN) are equal."""
-    if F.is_missing(a) or F.is_missing(b):
-        return F.is_missing(a) and F.is_missing(b)
+    if R.is_missing(a) or R.is_missing(b):
+        return R.is_missing(a) and R.is_missing(b)
     return a == b
 
 
@@ -141,9 +143,7 @@ def window_xy(shared_data) -> tuple[np.ndarray, np.ndarray]:
     months = layout.month_range("2018-06", 12)
     frames = [portal.read_export(portal.crimes_export_path(shared_data, m)) for m in months]
     raw12 = pd.concat(frames, ignore_index=True)
-    x, y = F._floats(raw12, "x_coordinate"), F._floats(raw12, "y_coordinate")
-    x, y = F.CrimeEnricher._project(x, y, F._floats(raw12, "latitude"),
-                                    F._floats(raw12, "longitude"))
+    x, y = R.frame_coordinates(raw12)
     located = ~np.isnan(x) & ~np.isnan(y)
     assert len(raw12) > 260_000 and located.sum() > 0.98 * len(raw12)
     return x[located], y[located]
@@ -203,8 +203,8 @@ def test_equidistant_stations_resolve_to_the_lowest_district_in_every_path():
 ), min_size=1, max_size=30))
 def test_vectorised_float_column_equals_to_float_per_value(values):
     frame = pd.DataFrame({"v": pd.Series(values, dtype=object)})
-    expected = [F.to_float(v) for v in values]
-    np.testing.assert_array_equal(F._floats(frame, "v"), np.array(expected, dtype=float))
+    expected = [R.to_float(v) for v in values]
+    np.testing.assert_array_equal(R.floats(frame, "v"), np.array(expected, dtype=float))
 
 
 def test_datetime_date_column_gives_the_same_calendar_as_strings(enricher):
@@ -302,28 +302,24 @@ def test_transform_record_equals_transform_for_each_step(fitted_pipeline, raw):
         assert list(frame.columns) == list(step.get_feature_names_out()), name
 
 
-@pytest.mark.filterwarnings("ignore:X does not have valid feature names")
 def test_record_chain_gives_pipeline_probabilities(fitted_pipeline, raw):
     sample = raw.sample(1000, random_state=4)
     batch = fitted_pipeline.predict_proba(sample)[:, 1]
-    names = fitted_pipeline.named_steps["select"].get_feature_names_out()
-    clf = fitted_pipeline.named_steps["clf"]
-    single = [clf.predict_proba(F.record_vector(F.transform_record_steps(fitted_pipeline, r),
-                                                names))[0, 1]
-              for r in sample.to_dict("records")]
+    predictor = RecordPredictor(fitted_pipeline, pandas_above=None)
+    single = [predictor.predict_proba_records([r])[0] for r in sample.to_dict("records")]
     np.testing.assert_allclose(single, batch, rtol=0, atol=1e-12)
 
 
 def test_api_style_record_with_extra_fields_and_string_numbers(fitted_pipeline, raw):
     rec = raw.iloc[0].to_dict()
-    api = {k: (None if F.is_missing(v) else v) for k, v in rec.items()}
+    api = {k: (None if R.is_missing(v) else v) for k, v in rec.items()}
     api.update({"location": {"type": "Point"}, "unexpected": "ignored"})
     typed = dict(api, beat=int(api["beat"]), domestic=api["domestic"] == "true",
-                 ward=float(api["ward"]))
-    a = F.transform_record_steps(fitted_pipeline, api)
-    b = F.transform_record_steps(fitted_pipeline, typed)
+                 ward=float(api["ward"]), primary_type=f"  {api['primary_type'].lower()} ")
+    predictor = RecordPredictor(fitted_pipeline)
+    a, b = predictor.transform_record(api), predictor.transform_record(typed)
     assert a == b
-    assert all(np.isfinite(v) for v in a.values())
+    assert all(np.isfinite(v) for v in a)
 
 
 def test_pickled_pipeline_predicts_the_same(fitted_pipeline, raw):
@@ -414,14 +410,3 @@ def test_selector_keeps_informative_features_and_records_scores():
         "signal": 2.0, "weak": 3.0}
     again = F.MutualInfoSelector(k=2, max_samples=3000, random_state=0).fit(X, y)
     assert again.scores_ == sel.scores_
-
-
-def test_scalar_coercions():
-    assert F.norm_iucr(486) == F.norm_iucr("0486") == "0486"
-    assert F.norm_iucr("31a") == "031A"
-    assert F.norm_code("0632") == F.norm_code(632) == F.norm_code(632.0) == "632"
-    assert F.norm_fbi(6) == F.norm_fbi("06") == "06" and F.norm_fbi("8a") == "08A"
-    assert F.to_bool("true") == F.to_bool(True) == 1.0 and F.to_bool("False") == 0.0
-    assert math.isnan(F.to_bool("maybe")) and math.isnan(F.to_float("abc"))
-    assert F.parse_when("2018-06-04T13:05:00.000") == (13.0, 0.0, 6.0)
-    assert math.isnan(F.parse_when("06/04/2018 01:05:00 PM")[0])

@@ -30,7 +30,8 @@ from chicago_crime.layout import (
     raw_stations_key,
     window_key,
 )
-from chicago_crime.portal import CRIME_FIELDS, crimes_export_path, read_export
+from chicago_crime.portal import crimes_export_path, read_export
+from chicago_crime.record import CRIME_FIELDS
 from chicago_crime.socrata import SocrataClient, SocrataError
 from chicago_crime.validation import REASON
 
@@ -74,6 +75,7 @@ def stored_ids(lake: Lake, key: str) -> pd.Series:
 @pytest.fixture(scope="module")
 def first_run(moto_endpoint: str, replay: ReplayServer) -> dict[str, Any]:
     """A run for 2018-06 on an empty lake: setup_s3, download_data, build_window."""
+    replay.clear_faults()  # the session's server may carry a fault another module left on
     s, lake, client = fresh(make_settings(moto_endpoint, replay.url))
     assert crime_months(lake) == []
     result = download_data("2018-06", lake, client, s)

@@ -24,9 +24,9 @@ from chicago_crime.model.predict import (
     fast_path_parts,
     make_predictor,
     max_path_difference,
-    records_frame,
 )
 from chicago_crime.portal import crimes_export_path, read_export
+from chicago_crime.record import model_frame
 from chicago_crime.serve.schemas import CrimeRecord
 
 
@@ -128,7 +128,7 @@ def _fast_pipeline(records: list[dict[str, Any]], labels: np.ndarray, final: Any
     if sampler:
         steps.append(("balance", RandomUnderSampler(random_state=0)))
     steps += [("scale", RecordScaler()), ("clf", final)]
-    return ImbPipeline(steps).fit(records_frame(records), labels)
+    return ImbPipeline(steps).fit(model_frame(records), labels)
 
 
 def test_fast_path_equals_pandas_on_real_records(real) -> None:
@@ -136,7 +136,7 @@ def test_fast_path_equals_pandas_on_real_records(real) -> None:
     model = _fast_pipeline(records, labels, LogisticRegression(max_iter=500))
     fast = RecordPredictor(model, pandas_above=None)
     got = fast.predict_proba_records(records)
-    expected = model.predict_proba(records_frame(records))[:, 1]
+    expected = model.predict_proba(model_frame(records))[:, 1]
     assert len(got) == len(records)
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
     assert fast.features == ["hour", "weekday", "type_rate", "domestic", "x", "y"]
@@ -162,7 +162,7 @@ def test_fast_path_skips_samplers_and_averages_calibrated_classifiers(real, meth
     fast = RecordPredictor(model)
     singles = [fast.predict_proba_records([r])[0] for r in records[:50]]
     np.testing.assert_allclose(
-        singles, model.predict_proba(records_frame(records[:50]))[:, 1], atol=1e-12
+        singles, model.predict_proba(model_frame(records[:50]))[:, 1], atol=1e-12
     )
 
 
@@ -176,7 +176,7 @@ def test_make_predictor_dispatch(real) -> None:
         ("enc", ColumnTransformer([("oh", OneHotEncoder(handle_unknown="ignore"),
                                     ["primary_type"])])),
         ("clf", LogisticRegression(max_iter=500)),
-    ]).fit(records_frame(records), labels)
+    ]).fit(model_frame(records), labels)
     assert fast_path_parts(onehot) is None
     assert isinstance(make_predictor(onehot, records[:5]), PandasPredictor)
     assert fast_path_parts(LogisticRegression()) is None
@@ -187,13 +187,13 @@ def test_disagreeing_fast_path_falls_back_to_pandas(real) -> None:
     model = ImbPipeline([("when", WhenFeatures()), ("rates", TypeRateEncoder()),
                          ("scale", WrongRecordScaler()),
                          ("clf", LogisticRegression(max_iter=500))])
-    model.fit(records_frame(records), labels)
+    model.fit(model_frame(records), labels)
     assert max_path_difference(model, records[:50]) > 1e-6
     predictor = make_predictor(model, records[:50])
     assert predictor.kind == "pandas"
     np.testing.assert_allclose(
         predictor.predict_proba_records(records[:50]),
-        model.predict_proba(records_frame(records[:50]))[:, 1],
+        model.predict_proba(model_frame(records[:50]))[:, 1],
     )
 
 
@@ -202,7 +202,7 @@ def test_nested_pipeline_and_large_batches_use_pandas_threshold(real) -> None:
     inner = Pipeline([("when", WhenFeatures()), ("rates", TypeRateEncoder())])
     model = Pipeline([("features", inner), ("scale", RecordScaler()),
                       ("clf", LogisticRegression(max_iter=500))]).fit(
-        records_frame(records), labels)
+        model_frame(records), labels)
     parts = fast_path_parts(model)
     assert parts is not None and len(parts[0]) == 3
     predictor = RecordPredictor(model, pandas_above=10)
@@ -228,12 +228,12 @@ def test_fast_path_matches_the_feature_pipeline_on_real_records(shared_data) -> 
         ("balance", features.make_balancer()),
         ("select", features.make_selector(k=15)),
         ("clf", CalibratedClassifierCV(LogisticRegression(max_iter=1000), cv=3)),
-    ]).fit(records_frame(records[:3000]), labels[:3000])
+    ]).fit(model_frame(records[:3000]), labels[:3000])
     held_out = records[3000:]
     predictor = make_predictor(model, held_out[:10])
     assert predictor.kind == "fast"
     assert max_path_difference(model, held_out) <= 1e-9
     singles = [predictor.predict_proba_records([r])[0] for r in held_out[:100]]
     np.testing.assert_allclose(
-        singles, model.predict_proba(records_frame(held_out[:100]))[:, 1], rtol=0, atol=1e-9
+        singles, model.predict_proba(model_frame(held_out[:100]))[:, 1], rtol=0, atol=1e-9
     )

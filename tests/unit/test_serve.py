@@ -76,7 +76,7 @@ class Registry:
         self.client().set_registered_model_alias(self.name, "champion", version)
 
     def expected(self, version: str, records: list[dict[str, Any]]) -> np.ndarray:
-        typed = [{"primary_type": r["primary_type"].upper(),
+        typed = [{"primary_type": r["primary_type"],
                   "domestic": (str(r["domestic"]).lower() == "true")
                   if r.get("domestic") is not None else None} for r in records]
         return self.models[version].predict_proba(toy_features(typed))[:, 1]
@@ -164,7 +164,7 @@ def test_typed_and_string_forms_give_the_same_answer(client, registry) -> None:
              "longitude": float(record.get("longitude", -87.63))}
     as_strings = {**typed, "domestic": str(typed["domestic"]).lower(), "beat": str(typed["beat"]),
                   "latitude": str(typed["latitude"]), "longitude": str(typed["longitude"]),
-                  "primary_type": f"  {record['primary_type'].lower()} ",
+                  "primary_type": f"  {record['primary_type']} ",
                   "location": {"latitude": "41.8", "human_address": "{}"}, "unknown_field": 1}
     a = client.post("/predict", json=typed).json()
     b = client.post("/predict", json=as_strings).json()

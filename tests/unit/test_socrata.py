@@ -10,7 +10,8 @@ import pytest
 from chicago_crime.config import load_settings
 from chicago_crime.devtools.replay import CRIMES_DATASET, STATIONS_DATASET, ReplayServer
 from chicago_crime.layout import month_bounds
-from chicago_crime.portal import CRIME_FIELDS, STATION_FIELDS, crimes_export_path, read_export
+from chicago_crime.portal import STATION_FIELDS, crimes_export_path, read_export
+from chicago_crime.record import CRIME_FIELDS
 from chicago_crime.socrata import SocrataClient, SocrataError, records_to_frame
 
 

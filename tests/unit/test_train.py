@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from chicago_crime import cli, etl
-from chicago_crime import features as F
+from chicago_crime import record as R
 from chicago_crime.devtools.seed import seed_window_from_exports
 from chicago_crime.lake import Lake
 from chicago_crime.model import evaluate as ev
@@ -92,7 +92,7 @@ def test_model_reproduces_logged_test_metrics_on_raw_records(trained: dict[str, 
     settings, lake, result = trained["settings"], trained["lake"], trained["result"]
     model = _model(trained, result["version"])
     data = train.load_month(MONTH, lake, settings)
-    p = model.predict_proba(train.model_input(data.raw_test))[:, 1]
+    p = model.predict_proba(R.model_frame(data.raw_test))[:, 1]
     metrics = ev.binary_metrics(data.y_test, p, result["threshold"])
     run = mlflow.MlflowClient(settings.mlflow_tracking_uri).get_run(result["run_id"])
     assert run.data.metrics["test_roc_auc"] == pytest.approx(metrics["roc_auc"], abs=1e-12)
@@ -115,7 +115,7 @@ def test_pipeline_accepts_records_exactly_as_the_soda_api_returns_them(
     assert len(records) == 300 and isinstance(records[0]["domestic"], bool)
     p_json = model.predict_proba(pd.DataFrame(records))[:, 1]  # every portal field, as sent
     # the same records as strings from the CSV export give the same probabilities
-    export = train.model_input(pd.DataFrame(records)[["id"]].merge(
+    export = R.model_frame(pd.DataFrame(records)[["id"]].merge(
         read_export(shared_data / "crimes" / f"{MONTH}.csv.gz"), on="id", how="left"))
     p_csv = model.predict_proba(export)[:, 1]
     assert np.all((p_json > 0) & (p_json < 1))
@@ -133,7 +133,7 @@ def test_pyfunc_returns_probabilities_and_serving_check(trained: dict[str, Any])
     np.testing.assert_allclose(out[:, 1], check["probabilities"], rtol=0, atol=1e-12)
     signature = pyfunc.metadata.signature
     required = {c.name for c in signature.inputs.inputs if c.required}
-    assert required == {"date"}
+    assert required == set(R.MODEL_REQUIRED_FIELDS)
 
 
 def test_search_logged_one_nested_run_per_trial(trained: dict[str, Any]) -> None:
@@ -187,7 +187,7 @@ def test_seeded_window_keeps_portal_strings(trained: dict[str, Any]) -> None:
     assert raw is not None and len(raw) == 5000
     assert set(raw["arrest"].unique()) <= {"true", "false"}
     assert raw["iucr"].str.len().eq(4).all()  # leading zeros kept (strings, not numbers)
-    assert F.INPUT_FIELDS[0] in raw.columns
+    assert R.MODEL_FIELDS[0] in raw.columns
 
 
 def test_pip_requirements_are_pinned_from_the_lock_file() -> None:

@@ -39,15 +39,8 @@ from urllib.parse import parse_qsl, urlsplit
 import pandas as pd
 
 from chicago_crime.layout import month_bounds
-from chicago_crime.portal import (
-    BOOLEAN_FIELDS,
-    CRIME_FIELDS,
-    STATION_FIELDS,
-    TIMESTAMP_FIELDS,
-    crimes_export_path,
-    read_export,
-    to_soda_json,
-)
+from chicago_crime.portal import STATION_FIELDS, crimes_export_path, read_export, to_soda_json
+from chicago_crime.record import BOOLEAN_FIELDS, CRIME_FIELDS, TIMESTAMP_FIELDS
 
 log = logging.getLogger(__name__)
 

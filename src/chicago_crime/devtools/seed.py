@@ -14,7 +14,8 @@ import pandas as pd
 from chicago_crime import layout
 from chicago_crime.ingest import to_csv_bytes
 from chicago_crime.lake import Lake
-from chicago_crime.portal import CRIME_FIELDS, crimes_export_path, read_export
+from chicago_crime.portal import crimes_export_path, read_export
+from chicago_crime.record import CRIME_FIELDS
 
 
 def seed_window_from_exports(lake: Lake, data_dir: str | Path, month: str, months: int = 12,

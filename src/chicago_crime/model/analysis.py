@@ -30,6 +30,7 @@ from sklearn.metrics import average_precision_score, precision_recall_curve, roc
 
 from chicago_crime import etl, layout
 from chicago_crime import features as F
+from chicago_crime import record as R
 from chicago_crime.config import Settings, get_settings
 from chicago_crime.lake import Lake
 from chicago_crime.model import evaluate as ev
@@ -74,8 +75,7 @@ def show(fig: Any) -> None:
 # --------------------------------------------------------------------------------------------
 def arrest_labels(values: Any) -> pd.Series:
     """1.0 / 0.0 / NaN from the lake's ``arrest`` column (``"true"``/``"false"``/empty)."""
-    arr = np.asarray(values, dtype=object)
-    return pd.Series(F._map_unique(arr, F.to_bool).astype(float))
+    return pd.Series(R.map_unique(np.asarray(values, dtype=object), R.to_bool).astype(float))
 
 
 def arrest_rates(df: pd.DataFrame, by: str, min_rows: int = 1,
@@ -85,7 +85,7 @@ def arrest_rates(df: pd.DataFrame, by: str, min_rows: int = 1,
     Missing group values are reported as :data:`features.MISSING`. Rows are sorted by
     ``order`` when given (values not in it go last), else by record count (largest first).
     """
-    y = arrest_labels(df[F.TARGET]).to_numpy()
+    y = arrest_labels(df[R.TARGET]).to_numpy()
     labelled = ~np.isnan(y)
     groups = pd.Series(df[by].to_numpy(dtype=object)[labelled], dtype=object)
     groups = groups.where(groups.notna(), F.MISSING)
@@ -117,7 +117,7 @@ def arrest_rate_by_distance(df: pd.DataFrame,
     labels = [_distance_label(lo, hi) for lo, hi in itertools.pairwise(edges_ft)]
     binned = pd.cut(dist, bins=list(edges_ft), right=False, labels=labels)
     names = pd.Series(binned, dtype=object).where(~np.isnan(dist), "no coordinates")
-    frame = df[[F.TARGET]].assign(distance=names.to_numpy())
+    frame = df[[R.TARGET]].assign(distance=names.to_numpy())
     return arrest_rates(frame, "distance", order=[*labels, "no coordinates"])
 
 
@@ -180,7 +180,7 @@ def plot_crime_map(df: pd.DataFrame, stations: pd.DataFrame, max_points: int = 6
     located = df[df["x_coordinate"].notna() & df["y_coordinate"].notna()]
     if len(located) > max_points:
         located = located.sample(n=max_points, random_state=seed)
-    arrested = arrest_labels(located[F.TARGET]).to_numpy() == 1.0
+    arrested = arrest_labels(located[R.TARGET]).to_numpy() == 1.0
     fig, ax = plt.subplots(figsize=(7, 8.5))
     for mask, colour in ((~arrested, "tab:blue"), (arrested, "tab:orange")):
         ax.scatter(located["x_coordinate"].to_numpy()[mask],
@@ -211,7 +211,7 @@ def plot_distance_distribution(df: pd.DataFrame, max_ft: float = 30_000, bins: i
     """Histogram (density) of distance to the nearest station, arrests vs. no arrests."""
     plt = _pyplot()
     dist = df[F.DIST_COL].to_numpy(dtype=float)
-    y = arrest_labels(df[F.TARGET]).to_numpy()
+    y = arrest_labels(df[R.TARGET]).to_numpy()
     fig, ax = plt.subplots(figsize=(7, 4))
     for value, label in ((0.0, "no arrest"), (1.0, "arrest")):
         values = dist[(y == value) & ~np.isnan(dist)]
@@ -300,7 +300,7 @@ def quality_summary(enriched: pd.DataFrame, reports: Mapping[str, Mapping[str, A
     enrich = reports.get("enrich", {})
     split = reports.get("split", {})
     metrics = etl_metrics or {}
-    y = arrest_labels(enriched[F.TARGET])
+    y = arrest_labels(enriched[R.TARGET])
     no_xy = enriched["x_coordinate"].isna() | enriched["y_coordinate"].isna()
     rows = [
         ("records in the enriched window", len(enriched), enrich.get("rows_out")),
@@ -351,9 +351,7 @@ class RegisteredModel:
 
     def predict(self, raw: pd.DataFrame) -> np.ndarray:
         """Arrest probabilities of raw records."""
-        from chicago_crime.model.train import model_input
-
-        return np.asarray(self.model.predict_proba(model_input(raw))[:, 1], dtype=float)
+        return np.asarray(self.model.predict_proba(R.model_frame(raw))[:, 1], dtype=float)
 
 
 def _quiet_mlflow() -> None:
@@ -426,15 +424,13 @@ class MonthSplit:
 def month_split(month: str, lake: Lake | None = None,
                settings: Settings | None = None) -> MonthSplit:
     """Raw train/test records of ``month`` (:func:`etl.split_raw_window`) and their labels."""
-    from chicago_crime.model.train import labels
-
     s = settings or get_settings()
     split = etl.split_raw_window(month, lake or Lake(settings=s), s)
     if split is None:
         raise FileNotFoundError(f"no raw window or split stage for {month}: run the ETL first")
     raw_train, raw_test = split
-    return MonthSplit(raw_train, raw_test, labels(raw_train).astype(int),
-                     labels(raw_test).astype(int))
+    return MonthSplit(raw_train, raw_test, R.labels(raw_train).astype(int),
+                      R.labels(raw_test).astype(int))
 
 
 def iucr_baseline(split: MonthSplit) -> np.ndarray:
@@ -446,7 +442,7 @@ def iucr_baseline(split: MonthSplit) -> np.ndarray:
 def group_labels(raw: pd.DataFrame, column: str) -> list[str]:
     """A raw column normalised like the enricher does (e.g. ``district`` ``'011'`` -> ``'11'``),
     missing values as :data:`features.MISSING`."""
-    norm = F.CATEGORICAL_NORMALIZERS.get(column, F.norm_text)
+    norm = R.CATEGORICAL_NORMALIZERS.get(column, R.norm_text)
     return [norm(v) or F.MISSING for v in raw[column]]
 
 

@@ -33,6 +33,7 @@ from sklearn.metrics import (
 )
 
 from chicago_crime import features as F
+from chicago_crime import record as R
 
 ECE_BINS = 10
 #: Primary metrics the registry gate can compare (all: higher is better).
@@ -131,14 +132,14 @@ class IucrRateBaseline:
     """
 
     def fit(self, X: pd.DataFrame, y: Any) -> IucrRateBaseline:
-        codes = pd.Series([F.norm_iucr(v) for v in X["iucr"]], dtype=object).fillna(F.MISSING)
+        codes = pd.Series([R.norm_iucr(v) for v in X["iucr"]], dtype=object).fillna(F.MISSING)
         target = pd.Series(np.asarray(y).astype(float))
         self.global_rate_ = float(target.mean())
         self.rates_ = target.groupby(codes.to_numpy()).mean().to_dict()
         return self
 
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
-        codes = [F.norm_iucr(v) or F.MISSING for v in X["iucr"]]
+        codes = [R.norm_iucr(v) or F.MISSING for v in X["iucr"]]
         p = np.array([self.rates_.get(c, self.global_rate_) for c in codes], dtype=float)
         return np.column_stack([1.0 - p, p])
 

@@ -22,14 +22,10 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import pandas as pd
 
+from chicago_crime.record import model_frame
+
 log = logging.getLogger(__name__)
 
-#: Raw Socrata fields the model reads, in the order of the DataFrame given to ``predict_proba``.
-MODEL_INPUT_FIELDS: tuple[str, ...] = (
-    "date", "primary_type", "description", "location_description", "iucr", "domestic",
-    "beat", "district", "ward", "community_area", "fbi_code",
-    "latitude", "longitude", "x_coordinate", "y_coordinate",
-)
 #: Maximum absolute difference allowed between the fast and the pandas path.
 EQUIVALENCE_TOLERANCE = 1e-9
 
@@ -43,14 +39,6 @@ class Predictor(Protocol):
     def predict_proba_records(self, records: Sequence[Mapping[str, Any]]) -> list[float]:
         """Probability of the positive class (arrest) for each record, in order."""
         ...
-
-
-def records_frame(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
-    """The DataFrame the model's ``predict_proba`` expects: one column per model input field."""
-    return pd.DataFrame.from_records(
-        [{name: rec.get(name) for name in MODEL_INPUT_FIELDS} for rec in records],
-        columns=list(MODEL_INPUT_FIELDS),
-    )
 
 
 def _positive_column(proba: Any) -> list[float]:
@@ -71,7 +59,7 @@ class PandasPredictor:
     def predict_proba_records(self, records: Sequence[Mapping[str, Any]]) -> list[float]:
         if not records:
             return []
-        return _positive_column(self.model.predict_proba(records_frame(records)))
+        return _positive_column(self.model.predict_proba(model_frame(records)))
 
 
 def _is_sampler(step: Any) -> bool:

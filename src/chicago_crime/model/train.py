@@ -43,7 +43,7 @@ from sklearn.pipeline import Pipeline
 
 import chicago_crime
 from chicago_crime import etl, layout
-from chicago_crime import features as F
+from chicago_crime import record as R
 from chicago_crime.config import Settings, get_settings
 from chicago_crime.lake import Lake
 from chicago_crime.model import evaluate as ev
@@ -135,25 +135,16 @@ def load_month(month: str, lake: Lake, settings: Settings) -> MonthData:
     # the raw test records in the order of the scaled test set (the split stage's order)
     raw_test = raw_test.set_index(raw_test[etl.ID_COL].astype(str)).loc[split_test_ids]
     raw_test = raw_test.reset_index(drop=True)
-    y_test = scaled_test[F.TARGET].astype(bool).to_numpy().astype(int)
-    raw_y = np.array([F.to_bool(v) for v in raw_test[F.TARGET]])
+    y_test = scaled_test[R.TARGET].astype(bool).to_numpy().astype(int)
+    raw_y = R.labels(raw_test)
     if len(raw_test) != len(scaled_test) or not np.array_equal(raw_y, y_test):
         raise ValueError(f"{month}: raw test records do not line up with the scaled test set")
     return MonthData(
         month=month, steps=steps, features=features,
-        X_train=scaled_train[features], y_train=scaled_train[F.TARGET].astype(int).to_numpy(),
+        X_train=scaled_train[features], y_train=scaled_train[R.TARGET].astype(int).to_numpy(),
         X_test=scaled_test[features], y_test=y_test, raw_train=raw_train, raw_test=raw_test,
         keys=keys,
     )
-
-
-def model_input(raw: pd.DataFrame) -> pd.DataFrame:
-    """Raw records restricted to the fields the served model reads (labels dropped)."""
-    return raw[[c for c in F.INPUT_FIELDS if c in raw.columns]].reset_index(drop=True)
-
-
-def labels(raw: pd.DataFrame) -> np.ndarray:
-    return np.array([F.to_bool(v) for v in raw[F.TARGET]], dtype=float)
 
 
 # --------------------------------------------------------------------------------------------
@@ -259,13 +250,7 @@ def example_records(raw: pd.DataFrame, n: int = EXAMPLE_RECORDS) -> list[dict[st
     return json.loads(to_soda_json(frame.reset_index(drop=True)))
 
 
-def example_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
-    """The DataFrame a client builds from raw records (the model's input fields)."""
-    return pd.DataFrame.from_records(
-        [{k: r.get(k) for k in F.INPUT_FIELDS} for r in records], columns=list(F.INPUT_FIELDS))
-
-
-def optional_inputs(signature: Any, required: tuple[str, ...] = ("date",)) -> Any:
+def optional_inputs(signature: Any, required: tuple[str, ...] = R.MODEL_REQUIRED_FIELDS) -> Any:
     """Mark every input column optional except ``required``: the enricher handles any missing
     field (the portal omits empty fields), so pyfunc schema checks must not reject them."""
     from mlflow.models import ModelSignature
@@ -344,18 +329,18 @@ def run_training(month: str, settings: Settings | None = None, lake: Lake | None
         }))
 
         model = assemble(data.steps, calibrated)
-        raw_test = model_input(data.raw_test)
+        raw_test = R.model_frame(data.raw_test)
         p_test = model.predict_proba(raw_test)[:, 1]
         p_direct = calibrated.predict_proba(data.X_test)[:, 1]
         consistency = float(np.max(np.abs(p_test - p_direct))) if len(p_test) else 0.0
-        baseline = ev.IucrRateBaseline().fit(data.raw_train, labels(data.raw_train))
+        baseline = ev.IucrRateBaseline().fit(data.raw_train, R.labels(data.raw_train))
         p_base = baseline.predict_proba(data.raw_test)[:, 1]
         importance = ev.permutation_importance_frame(calibrated, data.X_test, data.y_test,
                                                      seed=seed, max_rows=importance_rows)
         with tempfile.TemporaryDirectory() as tmp:
             test_metrics = ev.write_report(
                 tmp, data.y_test, p_test, threshold,
-                groups=[F.norm_text(v) for v in data.raw_test["primary_type"]],
+                groups=[R.norm_text(v) for v in data.raw_test["primary_type"]],
                 baseline=p_base, importance=importance,
                 extra={"month": month, "calibration": calibrated.method})
             mlflow.log_artifacts(tmp, "evaluation")
@@ -369,7 +354,7 @@ def run_training(month: str, settings: Settings | None = None, lake: Lake | None
             log.warning("served pipeline differs from the stage data by %.3g", consistency)
 
         records = example_records(data.raw_test)
-        example = example_frame(records)
+        example = R.model_frame(records)
         signature = optional_inputs(infer_signature(example, model.predict_proba(example)))
         info = mlflow.sklearn.log_model(
             model, name="model", signature=signature, input_example=example,
@@ -381,7 +366,7 @@ def run_training(month: str, settings: Settings | None = None, lake: Lake | None
         )
         check = example_records(data.raw_test, SERVING_CHECK_RECORDS)
         mlflow.log_dict({"records": check, "probabilities":
-                         model.predict_proba(example_frame(check))[:, 1].tolist()},
+                         model.predict_proba(R.model_frame(check))[:, 1].tolist()},
                         SERVING_CHECK_ARTIFACT)
 
         tags = {"threshold": f"{threshold:.6f}", "month": month, "window_start": window_start,
@@ -421,15 +406,15 @@ def _log_inputs(data: MonthData, lake: Lake) -> None:
     """Dataset lineage: the lake objects the model was trained and evaluated on."""
     import mlflow
 
-    train = data.X_train.assign(**{F.TARGET: data.y_train.astype(bool)})
-    test = data.X_test.assign(**{F.TARGET: data.y_test.astype(bool)})
+    train = data.X_train.assign(**{R.TARGET: data.y_train.astype(bool)})
+    test = data.X_test.assign(**{R.TARGET: data.y_test.astype(bool)})
     mlflow.log_input(mlflow.data.from_pandas(
-        train, source=lake.uri(data.keys["scaled_train"]), targets=F.TARGET,
+        train, source=lake.uri(data.keys["scaled_train"]), targets=R.TARGET,
         name=f"scaled-train-{data.month}"), context="training")
     mlflow.log_input(mlflow.data.from_pandas(
-        test, source=lake.uri(data.keys["scaled_test"]), targets=F.TARGET,
+        test, source=lake.uri(data.keys["scaled_test"]), targets=R.TARGET,
         name=f"scaled-test-{data.month}"), context="testing")
     mlflow.log_input(mlflow.data.from_pandas(
-        model_input(data.raw_test).assign(**{F.TARGET: data.y_test.astype(bool)}),
-        source=lake.uri(data.keys["split_test"]), targets=F.TARGET,
+        R.model_frame(data.raw_test).assign(**{R.TARGET: data.y_test.astype(bool)}),
+        source=lake.uri(data.keys["split_test"]), targets=R.TARGET,
         name=f"raw-test-{data.month}"), context="evaluation")

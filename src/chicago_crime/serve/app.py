@@ -22,25 +22,27 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chicago_crime import __version__
+from chicago_crime import record as R
 from chicago_crime.config import Settings, get_settings
 from chicago_crime.serve.metrics import MetricsMiddleware, ServerMetrics
 from chicago_crime.serve.model_store import ModelStore
 from chicago_crime.serve.routes import build_router
-from chicago_crime.serve.schemas import REQUIRED_FIELDS
 
 log = logging.getLogger(__name__)
 
+_OPTIONAL = [f for f in R.MODEL_FIELDS if f not in R.MODEL_REQUIRED_FIELDS]
 DESCRIPTION = f"""
 Predicts whether a reported Chicago crime ends in an **arrest**, with the model version that
-holds the `champion` alias in the MLflow registry (hot-swapped when the alias moves).
+holds the champion alias in the MLflow registry (hot-swapped when the alias moves).
 
 **Input**: crime records exactly as the Chicago Data Portal's SODA API returns them
-(dataset `ijzp-q8t2`). Required: {", ".join(f"`{f}`" for f in REQUIRED_FIELDS)}. Optional:
-`description`, `location_description`, `iucr`, `domestic`, `beat`, `district`, `ward`,
-`community_area`, `fbi_code`, `latitude`+`longitude`, `x_coordinate`+`y_coordinate`; missing
-ones are passed to the model as missing values. Other portal fields (`id`, `case_number`,
-`block`, `arrest`, `location` ...) are ignored. Numbers may be strings; booleans JSON booleans
-or `"true"`/`"false"`; coordinates must lie inside Chicago.
+(dataset `ijzp-q8t2`). Required: {", ".join(f"`{f}`" for f in R.MODEL_REQUIRED_FIELDS)}.
+Optional: {", ".join(f"`{f}`" for f in _OPTIONAL)}; missing ones are passed to the model as
+missing values. Other portal fields (`id`, `case_number`, `block`, `arrest`, `location` ...)
+are ignored. Numbers may be strings; booleans JSON booleans or `"true"`/`"false"`;
+coordinates must lie inside Chicago (latitude {R.LATITUDE_RANGE}, longitude
+{R.LONGITUDE_RANGE}; x {R.X_RANGE}, y {R.Y_RANGE} in EPSG:3435 feet), the box ingestion
+validates with.
 
 **Output**: `arrest_probability` (calibrated), `arrest` (probability >= the model's decision
 threshold chosen at training time), `threshold` and the model `name`/`version`/`run_id`.

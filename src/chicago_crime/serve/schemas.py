@@ -1,40 +1,32 @@
 """Request and response bodies of the model server (pydantic v2), with OpenAPI examples.
 
-A request record is a crime record as the Chicago Data Portal's SODA API returns it: the same
-field names, numbers as strings or numbers, booleans as JSON booleans or ``"true"``/``"false"``,
-floating timestamps (``2018-03-01T13:00:00.000``). Fields the model does not read (``id``,
-``case_number``, ``block``, ``arrest``, ``location`` ...) are accepted and ignored.
+A request record is a raw crime record (:mod:`chicago_crime.record`): the same field names as
+the SODA API, numbers as strings or numbers, booleans as JSON booleans or ``"true"``/
+``"false"``, floating timestamps (``2018-03-01T13:00:00.000``). :class:`CrimeRecord` declares
+one field per :data:`record.MODEL_FIELDS` entry (a test keeps the two equal), requires
+:data:`record.MODEL_REQUIRED_FIELDS` and checks coordinates against :data:`record.BOUNDS`, the
+box ingestion quarantines by. Values are typed here and normalised (upper case, zero-padded
+codes) by the model's own enricher, with the record contract's normalisers. Fields the model
+does not read (``id``, ``case_number``, ``block``, ``arrest``, ``location`` ...) are accepted
+and ignored.
 """
 
 from __future__ import annotations
 
-import math
 from datetime import datetime
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-CHICAGO_TZ = ZoneInfo("America/Chicago")
-#: Bounding box of the City of Chicago (with a small margin), WGS84 degrees.
-LATITUDE_RANGE = (41.60, 42.10)
-LONGITUDE_RANGE = (-88.00, -87.50)
-#: The same box in the data's own X/Y (EPSG:3435, Illinois East, US feet).
-X_RANGE = (1_050_000.0, 1_250_000.0)
-Y_RANGE = (1_780_000.0, 1_980_000.0)
-PORTAL_EXPORT_DATE_FORMAT = "%m/%d/%Y %I:%M:%S %p"
+from chicago_crime import record as R
 
-OPTIONAL_FIELDS: tuple[str, ...] = (
-    "description", "location_description", "iucr", "domestic", "beat", "district", "ward",
-    "community_area", "fbi_code", "latitude", "longitude", "x_coordinate", "y_coordinate",
-)
-REQUIRED_FIELDS: tuple[str, ...] = ("date", "primary_type")
-_OPTIONAL = frozenset(OPTIONAL_FIELDS)
-_CODE_FIELDS = frozenset(("iucr", "fbi_code"))
-NUMERIC_FIELDS: tuple[str, ...] = (
-    "beat", "district", "ward", "community_area",
-    "latitude", "longitude", "x_coordinate", "y_coordinate",
-)
+CHICAGO_TZ = ZoneInfo("America/Chicago")
+PORTAL_EXPORT_DATE_FORMAT = "%m/%d/%Y %I:%M:%S %p"
+_OPTIONAL = frozenset(R.MODEL_FIELDS) - frozenset(R.MODEL_REQUIRED_FIELDS)
+_LAT, _LON = R.BOUNDS["latitude"], R.BOUNDS["longitude"]
+_X, _Y = R.BOUNDS["x_coordinate"], R.BOUNDS["y_coordinate"]
+_CODE = r"^[0-9A-Za-z]{1,8}$"
 
 EXAMPLE_RECORD: dict[str, Any] = {
     "id": "11507074",
@@ -82,7 +74,7 @@ class CrimeRecord(BaseModel):
     """One crime record with Socrata field names. Only ``date`` and ``primary_type`` are required.
 
     Missing optional fields (absent, ``null`` or ``""``) reach the model as missing values, which
-    the model imputes or encodes as unknown. Text fields are upper-cased as on the portal.
+    the model imputes or encodes as unknown.
     """
 
     model_config = ConfigDict(
@@ -97,8 +89,14 @@ class CrimeRecord(BaseModel):
         "or the portal export form (03/01/2018 01:00:00 PM).",
         examples=["2018-03-01T13:00:00.000"],
     )
+    iucr: str | None = Field(
+        None, max_length=8, pattern=_CODE,
+        description="Illinois Uniform Crime Reporting code; digits-only codes are read "
+        "zero-padded to 4 characters (486 = 0486).",
+        examples=["0486"],
+    )
     primary_type: str = Field(
-        min_length=1, max_length=100, description="IUCR primary type, e.g. THEFT.",
+        min_length=1, max_length=100, description="IUCR primary type, e.g. THEFT (any case).",
         examples=["BATTERY"],
     )
     description: str | None = Field(
@@ -107,12 +105,6 @@ class CrimeRecord(BaseModel):
     )
     location_description: str | None = Field(
         None, max_length=200, description="Kind of place, e.g. STREET.", examples=["APARTMENT"]
-    )
-    iucr: str | None = Field(
-        None, max_length=8, pattern=r"^[0-9A-Z]{1,8}$",
-        description="Illinois Uniform Crime Reporting code; digits-only codes are zero-padded "
-        "to 4 characters (486 -> 0486).",
-        examples=["0486"],
     )
     domestic: bool | None = Field(
         None, description="Domestic-related incident: true/false (JSON or string).",
@@ -127,50 +119,47 @@ class CrimeRecord(BaseModel):
         None, ge=0, le=77, description="Community area (0-77).", examples=[25]
     )
     fbi_code: str | None = Field(
-        None, max_length=8, pattern=r"^[0-9A-Z]{1,8}$",
-        description="FBI crime classification; digits-only codes are zero-padded to 2 (6 -> 06).",
+        None, max_length=8, pattern=_CODE,
+        description="FBI crime classification; digits-only codes are read zero-padded to 2 "
+        "(6 = 06).",
         examples=["08B"],
     )
-    latitude: float | None = Field(
-        None, ge=LATITUDE_RANGE[0], le=LATITUDE_RANGE[1], allow_inf_nan=False,
-        description=f"WGS84 latitude inside Chicago {LATITUDE_RANGE}; give with longitude.",
-        examples=[41.873648787],
-    )
-    longitude: float | None = Field(
-        None, ge=LONGITUDE_RANGE[0], le=LONGITUDE_RANGE[1], allow_inf_nan=False,
-        description=f"WGS84 longitude inside Chicago {LONGITUDE_RANGE}; give with latitude.",
-        examples=[-87.749166581],
-    )
     x_coordinate: float | None = Field(
-        None, ge=X_RANGE[0], le=X_RANGE[1], allow_inf_nan=False,
-        description="X in EPSG:3435 (US feet) inside Chicago; give with y_coordinate.",
+        None, ge=_X[0], le=_X[1], allow_inf_nan=False,
+        description=f"X in EPSG:3435 (US feet) inside Chicago {_X}; give with y_coordinate.",
         examples=[1143348],
     )
     y_coordinate: float | None = Field(
-        None, ge=Y_RANGE[0], le=Y_RANGE[1], allow_inf_nan=False,
-        description="Y in EPSG:3435 (US feet) inside Chicago; give with x_coordinate.",
+        None, ge=_Y[0], le=_Y[1], allow_inf_nan=False,
+        description=f"Y in EPSG:3435 (US feet) inside Chicago {_Y}; give with x_coordinate.",
         examples=[1897089],
+    )
+    latitude: float | None = Field(
+        None, ge=_LAT[0], le=_LAT[1], allow_inf_nan=False,
+        description=f"WGS84 latitude inside Chicago {_LAT}; give with longitude.",
+        examples=[41.873648787],
+    )
+    longitude: float | None = Field(
+        None, ge=_LON[0], le=_LON[1], allow_inf_nan=False,
+        description=f"WGS84 longitude inside Chicago {_LON}; give with latitude.",
+        examples=[-87.749166581],
     )
 
     # Three Python hooks per record (not one per field): batches of 10,000 stay fast.
     @model_validator(mode="before")
     @classmethod
     def _prepare(cls, data: Any) -> Any:
-        """Blank/NaN optional fields -> missing; numeric codes -> upper-case text."""
+        """Blank/NaN optional fields -> missing; numeric codes -> text."""
         if not isinstance(data, dict):
             return data
         changes: dict[str, Any] = {}
         for name, value in data.items():
             if value.__class__ is str:
-                if name in _CODE_FIELDS:
-                    code = value.strip().upper()
-                    if code != value or not code:
-                        changes[name] = code or None
-                elif name in _OPTIONAL and not value.strip():
+                if name in _OPTIONAL and not value.strip():
                     changes[name] = None
             elif value.__class__ is float and value != value and name in _OPTIONAL:  # NaN
                 changes[name] = None
-            elif value.__class__ is int and name in _CODE_FIELDS:
+            elif value.__class__ is int and name in _TEXT_CODES:
                 changes[name] = str(value)
         return {**data, **changes} if changes else data
 
@@ -190,8 +179,8 @@ class CrimeRecord(BaseModel):
         return text  # ISO / SODA forms are parsed by pydantic
 
     @model_validator(mode="after")
-    def _normalise(self) -> CrimeRecord:
-        """Chicago local time, upper-case text, padded codes, coordinates in pairs."""
+    def _check(self) -> CrimeRecord:
+        """Chicago local time; coordinates in pairs."""
         values = self.__dict__  # direct writes: these values are already validated
         date = values["date"]
         if date.tzinfo is not None:
@@ -199,29 +188,19 @@ class CrimeRecord(BaseModel):
                 values["date"] = date.astimezone(CHICAGO_TZ).replace(tzinfo=None)
             except (OverflowError, OSError) as exc:
                 raise ValueError("date is out of range") from exc
-        for name in ("primary_type", "description", "location_description"):
-            text = values[name]
-            if text is not None and not text.isupper():
-                values[name] = text.upper()
-        for name, width in (("iucr", 4), ("fbi_code", 2)):
-            code = values[name]
-            if code is not None and len(code) < width and code.isdigit():
-                values[name] = code.zfill(width)
-        if (values["latitude"] is None) != (values["longitude"] is None):
-            raise ValueError("latitude and longitude must be given together (or both left out)")
-        if (values["x_coordinate"] is None) != (values["y_coordinate"] is None):
-            raise ValueError(
-                "x_coordinate and y_coordinate must be given together (or both left out)"
-            )
+        for first, second in R.COORDINATE_PAIRS:
+            if (values[first] is None) != (values[second] is None):
+                raise ValueError(
+                    f"{first} and {second} must be given together (or both left out)")
         return self
 
     def model_input(self) -> dict[str, Any]:
-        """The record as the model reads it: typed values, missing numbers as NaN."""
-        out: dict[str, Any] = self.model_dump()
-        for name in NUMERIC_FIELDS:
-            value = out[name]
-            out[name] = math.nan if value is None else float(value)
-        return out
+        """The record as the model reads it (:func:`record.model_record`)."""
+        return R.model_record(self.__dict__)
+
+
+#: Text-typed code fields: a JSON number (486) is read as its text ("486").
+_TEXT_CODES = frozenset({"iucr", "fbi_code"})
 
 
 class BatchRequest(BaseModel):
