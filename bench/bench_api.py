@@ -90,15 +90,13 @@ def fit_model(kind: str, records: list[dict[str, Any]]) -> Any:
             ("classify", LogisticRegression(max_iter=1000)),
         ])
     else:
-        from chicago_crime import features
+        from chicago_crime import stages
         from chicago_crime.portal import snake_case
 
         stations = pd.read_csv(DATA / "police_stations.csv", dtype=str)
         stations.columns = [snake_case(c) for c in stations.columns]
         model = ImbPipeline([
-            *features.make_feature_steps(stations),
-            ("balance", features.make_balancer()),
-            ("select", features.make_selector(k=20)),
+            *stages.estimators(stations),
             ("clf", CalibratedClassifierCV(LogisticRegression(max_iter=1000), cv=3)),
         ])
     return model.fit(frame, y)

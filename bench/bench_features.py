@@ -26,7 +26,7 @@ from typing import Any
 import pandas as pd
 import psutil
 
-from chicago_crime import etl, layout, portal
+from chicago_crime import etl, layout, portal, stages
 from chicago_crime import features as F
 from chicago_crime import record as R
 from chicago_crime.config import load_settings
@@ -82,16 +82,17 @@ def compute_only(raw: pd.DataFrame, stations: pd.DataFrame,
     out["split"] = tuple(stats)
     X_train, X_test = enriched.iloc[train_pos], enriched.iloc[test_pos]
     y_train = y_all.iloc[train_pos]
-    for (_name, step), stage in zip(F.make_feature_steps(stations, seed)[1:],
-                                    ("outliers", "encoded", "scaled"), strict=True):
-        def run(step: Any = step, tr: Any = X_train, te: Any = X_test) -> tuple[Any, Any]:
-            return step.fit_transform(tr, y_train), step.transform(te)
-        (X_train, X_test), *stats = measure(run)
-        out[stage] = tuple(stats)
-    (X_bal, y_bal), *stats = measure(lambda: F.make_balancer(seed).fit_resample(X_train, y_train))
-    out["balanced"] = tuple(stats)
-    _, *stats = measure(lambda: F.make_selector(seed).fit(X_bal, y_bal).transform(X_test))
-    out["features"] = tuple(stats)
+    for name, step in stages.estimators(stations, seed)[1:]:  # after enrich, in table order
+        if hasattr(step, "fit_resample"):
+            def resample(step: Any = step, tr: Any = X_train, ytr: Any = y_train) -> Any:
+                return step.fit_resample(tr, ytr)
+            (X_train, y_train), *stats = measure(resample)
+        else:
+            def run(step: Any = step, tr: Any = X_train, te: Any = X_test,
+                    ytr: Any = y_train) -> tuple[Any, Any]:
+                return step.fit_transform(tr, ytr), step.transform(te)
+            (X_train, X_test), *stats = measure(run)
+        out[name] = tuple(stats)
     return out
 
 
@@ -123,10 +124,10 @@ def main() -> None:
     settings = load_settings(**overrides)
     lake = Lake(settings=settings)
     lake.ensure_bucket()
-    wall: dict[str, list[float]] = {s: [] for s in etl.STAGE_ORDER}
-    peak: dict[str, list[float]] = {s: [] for s in etl.STAGE_ORDER}
-    grow: dict[str, list[float]] = {s: [] for s in etl.STAGE_ORDER}
-    comp: dict[str, list[float]] = {s: [] for s in etl.STAGE_ORDER}
+    wall: dict[str, list[float]] = {s: [] for s in stages.NAMES}
+    peak: dict[str, list[float]] = {s: [] for s in stages.NAMES}
+    grow: dict[str, list[float]] = {s: [] for s in stages.NAMES}
+    comp: dict[str, list[float]] = {s: [] for s in stages.NAMES}
     totals: list[float] = []
     try:
         lake.write_csv(layout.window_key(args.month), raw)
@@ -134,8 +135,9 @@ def main() -> None:
         for _ in range(args.runs):
             lake.delete_prefix(layout.processed_prefix(args.month))
             total = 0.0
-            for stage, func in etl.STAGE_FUNCTIONS.items():
-                result, seconds, top, up = measure(lambda f=func: f(args.month, lake, settings))
+            for stage in stages.NAMES:
+                result, seconds, top, up = measure(
+                    lambda s=stage: etl.run_stage(s, args.month, lake, settings))
                 assert result["status"] == etl.OK, result
                 wall[stage].append(seconds)
                 peak[stage].append(top)
@@ -144,7 +146,7 @@ def main() -> None:
             totals.append(total)
             for stage, (seconds, _top, _up) in compute_only(raw, stations, settings).items():
                 comp[stage].append(seconds)
-        rows = lake.read_json(etl.report_key(args.month, "features"))
+        rows = lake.read_json(layout.report_key(args.month, stages.NAMES[-1]))
     finally:
         lake.delete_prefix("0-")
         lake.delete_prefix("1-")
@@ -155,13 +157,13 @@ def main() -> None:
 
     med = statistics.median
     print(f"\n{'stage':<10}{'wall s':>9}{'compute s':>11}{'peak RSS MiB':>14}{'+RSS MiB':>10}")
-    for stage in etl.STAGE_ORDER:
+    for stage in stages.NAMES:
         print(f"{stage:<10}{med(wall[stage]):>9.2f}{med(comp[stage]):>11.2f}"
               f"{med(peak[stage]):>14.0f}{med(grow[stage]):>10.0f}")
-    print(f"{'total':<10}{med(totals):>9.2f}{sum(med(comp[s]) for s in etl.STAGE_ORDER):>11.2f}")
+    print(f"{'total':<10}{med(totals):>9.2f}{sum(med(comp[s]) for s in stages.NAMES):>11.2f}")
     print(f"\nrows: train {rows['rows_out']['train']:,} (balanced), "
           f"test {rows['rows_out']['test']:,}; selected features: "
-          f"{len(rows['details']['selected'])}")
+          f"{len(rows['columns'])}")
 
 
 if __name__ == "__main__":

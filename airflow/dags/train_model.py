@@ -4,31 +4,24 @@ Scheduled on the asset ``etl_with_taskflow`` publishes (the month's ML-ready dat
 month comes from the asset event. Trigger it by hand with ``{"month": "YYYY-MM"}`` to retrain
 any month already processed. The champion alias moves only when the new version beats the
 current champion on the same test set (see ``chicago_crime.model.registry``).
+
+The DAG only declares the graph: the package is imported inside the tasks.
 """
 
 from __future__ import annotations
 
-import logging
 from datetime import timedelta
 from typing import Any
 
 import pendulum
-import requests
-from airflow.sdk import Asset, Param, dag, task
+from airflow.sdk import Param, dag, task
 
-from chicago_crime import layout
-from chicago_crime.config import get_settings
-from chicago_crime.model.train import run_training
-
-log = logging.getLogger(__name__)
-
-ML_READY_DATASET = Asset(name=layout.ML_READY_ASSET_NAME,
-                         uri=layout.ml_ready_asset_uri(get_settings().data_repo_bucket_name))
+from chicago_crime.assets import ML_READY
 
 
 @dag(
     dag_id="train_model",
-    schedule=[ML_READY_DATASET],
+    schedule=[ML_READY],
     start_date=pendulum.datetime(2018, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
@@ -46,7 +39,7 @@ def train_model():
     def resolve_month(params=None, triggering_asset_events=None) -> str:
         if params and params.get("month"):
             return params["month"]
-        events = triggering_asset_events[ML_READY_DATASET] if triggering_asset_events else []
+        events = triggering_asset_events[ML_READY] if triggering_asset_events else []
         months = [e.extra.get("month") for e in events if e.extra and e.extra.get("month")]
         if not months:
             raise ValueError("no month: trigger with conf {\"month\": \"YYYY-MM\"} or let "
@@ -55,11 +48,19 @@ def train_model():
 
     @task(execution_timeout=timedelta(minutes=30))
     def train_and_register(month: str) -> dict[str, Any]:
+        from chicago_crime.model.train import run_training
+
         return run_training(month)
 
     @task
     def notify_api(result: dict[str, Any]) -> str:
         """Ask the model server to reload now (it also polls the registry on its own)."""
+        import logging
+
+        import requests
+
+        from chicago_crime.config import get_settings
+
         settings = get_settings()
         if not result.get("promoted"):
             return "champion unchanged"
@@ -69,7 +70,8 @@ def train_model():
                                  headers={"X-API-Key": key})
             return f"API reload: {resp.status_code}"
         except requests.RequestException as exc:  # the API polls the registry anyway
-            log.warning("could not reach the model API at %s: %s", settings.api_url, exc)
+            logging.getLogger(__name__).warning("could not reach the model API at %s: %s",
+                                                settings.api_url, exc)
             return "API unreachable; it will pick the champion up on its next poll"
 
     notify_api(train_and_register(resolve_month()))

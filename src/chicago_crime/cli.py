@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     client = registry.client_for(settings)
     if args.command == "champion":
-        info = registry.describe(client, settings.model_name)
+        info = registry.describe(client, settings.model_name, settings.champion_alias)
         if info is None:
             print(f"{settings.model_name} has no champion yet: run "
                   "`chicago-crime train --month YYYY-MM`", file=sys.stderr)
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         _print(info)
         return 0
     try:
-        _print(registry.rollback(client, settings.model_name))
+        _print(registry.rollback(client, settings.model_name, settings.champion_alias))
     except registry.RegistryError as exc:
         print(f"rollback failed: {exc}", file=sys.stderr)
         return 1

@@ -66,6 +66,8 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str = "http://127.0.0.1:5001"
     mlflow_s3_endpoint_url: str | None = "http://127.0.0.1:9000"
     model_name: str = "chicago_arrest"
+    #: The registry alias of the version the API serves (the gate moves it, rollback too).
+    champion_alias: str = "champion"
     etl_experiment: str = "etl"
     search_experiment: str = "chicago_arrest_search"
 
@@ -120,10 +122,6 @@ class Settings(BaseSettings):
             f"{driver}://{self.pg_user}:{self.pg_password.get_secret_value()}"
             f"@{self.pg_host}:{self.pg_port}/{database}"
         )
-
-    @property
-    def broker_url(self) -> str:
-        return f"redis://{self.valkey_host}:{self.valkey_port}/0"
 
 
 def load_settings(**overrides: object) -> Settings:

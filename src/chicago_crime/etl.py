@@ -1,9 +1,16 @@
-"""ETL stages of ``etl_with_taskflow`` after ingestion: one function per DAG task.
+"""The ETL's stages after ingestion, run from the stage table (:mod:`chicago_crime.stages`).
 
-Every stage reads the previous stage from the lake, writes its train/test Parquet, the fitted
-step (joblib) and a JSON report under ``2-processed-data/{YYYY-MM-DD}/{stage}/`` and returns a
-small dict (status, keys, row counts) that fits in an XCom. A missing or empty input gives
-``{"status": "no_data", ...}``, which the DAG turns into a skip.
+:func:`run_stage` runs one row of the table (one task of ``etl_with_taskflow``); :func:`run_all`
+runs them all in order (CLI, notebooks, tests, benchmarks). Every stage reads its source stage
+from the lake and writes, under the prefix :mod:`chicago_crime.layout` derives from its name,
+its output (the enriched CSV for ``enrich``; train/test Parquet for the others), its fitted
+object (skops) and a JSON report, and returns a small dict (status, keys, row counts) that fits
+in an XCom. A missing or empty input gives ``{"status": "no_data", ...}``, which the DAG turns
+into a skip.
+
+``enrich`` (raw window -> enriched CSV) and ``split`` (no fitted object) have their own
+runners; every other row is generic: its estimator is fitted on the source's train set and
+transforms train and test, or, for a sampler, resamples the train set and copies the test set.
 
 Reruns are idempotent: data, fitted steps and reports are byte-identical for the same inputs
 and seed (a report is rewritten only when something other than its timing changed).
@@ -11,7 +18,6 @@ and seed (a report is rewritten only when something other than its timing change
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import time
@@ -23,7 +29,7 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from chicago_crime import features as F
-from chicago_crime import layout
+from chicago_crime import layout, stages
 from chicago_crime import record as R
 from chicago_crime.config import Settings, get_settings
 from chicago_crime.lake import Lake
@@ -33,13 +39,6 @@ log = logging.getLogger(__name__)
 OK = "ok"
 NO_DATA = "no_data"
 ID_COL = "id"
-#: Order of the stages after ingestion (``enrich`` is not a processed-data stage).
-STAGE_ORDER: tuple[str, ...] = ("enrich", *layout.STAGES)
-#: File name of each stage's fitted step.
-FITTED_NAMES: dict[str, str] = {
-    "outliers": "outliers.joblib", "encoded": "encoder.joblib", "scaled": "scaler.joblib",
-    "balanced": "balancer.joblib", "features": "selector.joblib",
-}
 _VOLATILE = ("seconds",)
 
 
@@ -49,19 +48,6 @@ _VOLATILE = ("seconds",)
 def _ctx(lake: Lake | None, settings: Settings | None) -> tuple[Lake, Settings]:
     s = settings or get_settings()
     return (lake or Lake(settings=s)), s
-
-
-def enriched_report_key(month: str) -> str:
-    return layout.enriched_key(month).removesuffix(".csv") + "_report.json"
-
-
-def enricher_key(month: str) -> str:
-    return layout.enriched_key(month).removesuffix(".csv") + "_enricher.joblib"
-
-
-def report_key(month: str, stage: str) -> str:
-    return enriched_report_key(month) if stage == "enrich" \
-        else layout.stage_key(month, stage, "report.json")
 
 
 def _no_data(month: str, stage: str, reason: str) -> dict[str, Any]:
@@ -96,7 +82,7 @@ def _write_parquet(lake: Lake, key: str, df: pd.DataFrame) -> None:
 
 
 def _read_stage(lake: Lake, month: str, stage: str) -> tuple[pd.DataFrame, pd.DataFrame] | None:
-    keys = [layout.stage_key(month, stage, f"{part}.parquet") for part in ("train", "test")]
+    keys = [layout.data_key(month, stage, part) for part in ("train", "test")]
     if not all(lake.exists(k) for k in keys):
         return None
     return lake.read_parquet(keys[0]), lake.read_parquet(keys[1])
@@ -146,40 +132,39 @@ def read_enriched(lake: Lake, month: str) -> pd.DataFrame | None:
 # --------------------------------------------------------------------------------------------
 # stages
 # --------------------------------------------------------------------------------------------
-def enrich_data(month: str, lake: Lake | None = None,
-                settings: Settings | None = None) -> dict[str, Any]:
-    """Raw window -> ``1-enriched-data/crimes_enriched_{stamp}.csv`` (+ enricher, report)."""
-    lake, settings = _ctx(lake, settings)
+def _enrich(stage: stages.Stage, month: str, lake: Lake, settings: Settings) -> dict[str, Any]:
+    """Raw window -> ``1-enriched-data/crimes_enriched_{stamp}.csv`` (+ fitted enricher)."""
     started = time.perf_counter()
     raw = read_window(lake, month)
     if raw is None:
-        return _no_data(month, "enrich", f"missing {layout.window_key(month)}")
+        return _no_data(month, stage.name, f"missing {layout.window_key(month)}")
     if raw.empty:
-        return _no_data(month, "enrich", "the window has no rows")
-    enricher = F.CrimeEnricher(read_stations(lake, month)).fit()
+        return _no_data(month, stage.name, "the window has no rows")
+    enricher = stage.make(settings.random_seed, read_stations(lake, month)).fit()
     enriched = enricher.transform(raw)
     target = pd.Series(R.labels(raw))
     out = pd.concat([raw[[c for c in (ID_COL, "date") if c in raw.columns]].reset_index(drop=True),
                      enriched.reset_index(drop=True)], axis=1)
     out[R.TARGET] = target.map({1.0: "true", 0.0: "false"})
-    key = layout.enriched_key(month)
-    lake.write_csv(key, out)
-    lake.write_object(enricher_key(month), enricher)
-    labelled = target.dropna().astype(bool)
+    keys = {"enriched": layout.enriched_key(month),
+            "fitted": layout.fitted_key(month, stage.name),
+            "report": layout.report_key(month, stage.name)}
+    lake.write_csv(keys["enriched"], out)
+    lake.write_object(keys["fitted"], enricher)
     report = {
-        "stage": "enrich", "month": month, "source": layout.window_key(month),
-        "outputs": {"enriched": key, "enricher": enricher_key(month)},
+        "stage": stage.name, "description": stage.description, "month": month,
+        "source": layout.window_key(month),
+        "outputs": {k: v for k, v in keys.items() if k != "report"},
         "rows_in": len(raw), "rows_out": len(out), "columns": list(out.columns),
         "missing_coordinates": int(enriched[F.DIST_COL].isna().sum()),
         "missing_target": int(target.isna().sum()),
-        "stations": len(enricher.station_district_),
-        "class_balance": _balance(labelled),
+        **enricher.report(),
+        "class_balance": _balance(target.dropna().astype(bool)),
         "seconds": round(time.perf_counter() - started, 3),
     }
-    _write_report(lake, enriched_report_key(month), report)
-    return {"status": OK, "stage": "enrich", "month": month, "rows": {"all": len(out)},
-            "keys": {"enriched": key, "report": enriched_report_key(month)},
-            "seconds": report["seconds"]}
+    _write_report(lake, keys["report"], report)
+    return {"status": OK, "stage": stage.name, "month": month, "rows": {"all": len(out)},
+            "keys": keys, "columns": report["columns"], "seconds": report["seconds"]}
 
 
 def split_positions(y: pd.Series, settings: Settings) -> tuple[np.ndarray, np.ndarray]:
@@ -190,47 +175,45 @@ def split_positions(y: pd.Series, settings: Settings) -> tuple[np.ndarray, np.nd
     return np.sort(train), np.sort(test)
 
 
-def split_data(month: str, lake: Lake | None = None,
-               settings: Settings | None = None) -> dict[str, Any]:
+def _split(stage: stages.Stage, month: str, lake: Lake, settings: Settings) -> dict[str, Any]:
     """Enriched CSV -> ``split/{train,test}.parquet``: 80/20 stratified on ``arrest``, seeded."""
-    lake, settings = _ctx(lake, settings)
     started = time.perf_counter()
     df = read_enriched(lake, month)
     if df is None:
-        return _no_data(month, "split", f"missing {layout.enriched_key(month)}")
+        return _no_data(month, stage.name, f"missing {layout.enriched_key(month)}")
     rows_in = len(df)
     df = df[df[R.TARGET].isin(["true", "false"])].reset_index(drop=True)
     y = df[R.TARGET] == "true"
     if len(df) < 10 or y.nunique() < 2 or min(y.sum(), (~y).sum()) < 2:
-        return _no_data(month, "split", f"{len(df)} labelled rows, too few to split")
+        return _no_data(month, stage.name, f"{len(df)} labelled rows, too few to split")
     train_pos, test_pos = split_positions(y, settings)
     columns = [c for c in (ID_COL,) if c in df.columns] + list(F.ENRICHED_COLUMNS)
     frame = df[columns].copy()
     frame[R.TARGET] = y.to_numpy()
     train, test = frame.iloc[train_pos], frame.iloc[test_pos]
-    return _finish(lake, month, "split", started, train, test, fitted=None,
+    return _finish(lake, month, stage, started, train, test, fitted=None,
                    source=[layout.enriched_key(month)], rows_in={"all": rows_in},
                    details={"test_size": settings.test_size, "seed": settings.random_seed,
                             "dropped_unlabelled": rows_in - len(df)})
 
 
-def _finish(lake: Lake, month: str, stage: str, started: float, train: pd.DataFrame,
+def _finish(lake: Lake, month: str, stage: stages.Stage, started: float, train: pd.DataFrame,
             test: pd.DataFrame, fitted: Any, source: list[str], rows_in: dict[str, int],
             details: dict[str, Any] | None = None, test_bytes: bytes | None = None,
             ) -> dict[str, Any]:
-    keys = {part: layout.stage_key(month, stage, f"{part}.parquet") for part in ("train", "test")}
+    keys = {part: layout.data_key(month, stage.name, part) for part in ("train", "test")}
     _write_parquet(lake, keys["train"], train)
     if test_bytes is not None:
         lake.put_bytes(keys["test"], test_bytes, "application/vnd.apache.parquet")
     else:
         _write_parquet(lake, keys["test"], test)
     if fitted is not None:
-        keys["fitted"] = layout.stage_key(month, stage, FITTED_NAMES[stage])
+        keys["fitted"] = layout.fitted_key(month, stage.name)
         lake.write_object(keys["fitted"], fitted)
-    keys["report"] = report_key(month, stage)
+    keys["report"] = layout.report_key(month, stage.name)
     report = {
-        "stage": stage, "month": month, "source": source,
-        "outputs": {k: v for k, v in keys.items() if k != "report"},
+        "stage": stage.name, "description": stage.description, "month": month,
+        "source": source, "outputs": {k: v for k, v in keys.items() if k != "report"},
         "rows_in": rows_in, "rows_out": {"train": len(train), "test": len(test)},
         "columns": [c for c in train.columns if c not in (R.TARGET, ID_COL)],
         "class_balance": {"train": _balance(train[R.TARGET].astype(bool)),
@@ -239,149 +222,73 @@ def _finish(lake: Lake, month: str, stage: str, started: float, train: pd.DataFr
         "seconds": round(time.perf_counter() - started, 3),
     }
     _write_report(lake, keys["report"], report)
-    return {"status": OK, "stage": stage, "month": month,
+    return {"status": OK, "stage": stage.name, "month": month,
             "rows": {"train": len(train), "test": len(test)}, "keys": keys,
-            "seconds": report["seconds"]}
+            "columns": report["columns"], "seconds": report["seconds"]}
 
 
-def _fitted_stage(month: str, stage: str, source_stage: str, lake: Lake, settings: Settings,
-                  make_step: Callable[[Settings], Any],
-                  describe: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
-    """Fit a step on the previous stage's train set; transform train and test with it."""
+def _fit(stage: stages.Stage, month: str, lake: Lake, settings: Settings) -> dict[str, Any]:
+    """Fit the stage's estimator on its source's train set; transform train and test with it
+    (a sampler resamples the train set and leaves the test set's bytes as they are)."""
     started = time.perf_counter()
-    data = _read_stage(lake, month, source_stage)
+    source = stages.source(stage.name)
+    assert source is not None, stage
+    data = _read_stage(lake, month, source.name)
     if data is None:
-        return _no_data(month, stage, f"missing {source_stage} stage output")
+        return _no_data(month, stage.name, f"missing {source.name} stage output")
     train, test = data
     X_train, y_train = _xy(train)
-    X_test, y_test = _xy(test)
-    step = make_step(settings)
-    Xt_train = step.fit_transform(X_train, y_train)
-    Xt_test = step.transform(X_test)
-    return _finish(lake, month, stage, started, _join(Xt_train, y_train), _join(Xt_test, y_test),
-                   fitted=step,
-                   source=[layout.stage_key(month, source_stage, f"{p}.parquet")
-                           for p in ("train", "test")],
-                   rows_in={"train": len(train), "test": len(test)}, details=describe(step))
+    sources = [layout.data_key(month, source.name, part) for part in ("train", "test")]
+    step = stage.make(settings.random_seed)
+    if hasattr(step, "fit_resample"):
+        X_res, y_res = step.fit_resample(X_train, y_train)
+        out_train, out_test = _join(X_res, pd.Series(y_res)), test
+        test_bytes: bytes | None = lake.get_bytes(sources[1])
+        details = {**step.report(), "test_resampled": False}
+    else:
+        X_test, y_test = _xy(test)
+        out_train = _join(step.fit_transform(X_train, y_train), y_train)
+        out_test = _join(step.transform(X_test), y_test)
+        test_bytes, details = None, step.report()
+    return _finish(lake, month, stage, started, out_train, out_test, fitted=step,
+                   source=sources, rows_in={"train": len(train), "test": len(test)},
+                   details=details, test_bytes=test_bytes)
 
 
-def process_outliers(month: str, lake: Lake | None = None,
-                     settings: Settings | None = None) -> dict[str, Any]:
-    """Log1p + Tukey clipping + median imputation fitted on train (rows never dropped)."""
-    lake, settings = _ctx(lake, settings)
-    return _fitted_stage(
-        month, "outliers", "split", lake, settings, lambda s: F.OutlierHandler(),
-        lambda st: {"bounds": st.bounds_, "medians": st.medians_,
-                    "clipped_train_rows": st.n_clipped_},
-    )
-
-
-def encode_data(month: str, lake: Lake | None = None,
-                settings: Settings | None = None) -> dict[str, Any]:
-    """One-hot / frequency / target encoding fitted on train."""
-    lake, settings = _ctx(lake, settings)
-    return _fitted_stage(
-        month, "encoded", "outliers", lake, settings,
-        lambda s: F.CrimeEncoder(random_state=s.random_seed),
-        lambda st: {"onehot": st.onehot_, "frequency_columns": list(st.frequency_),
-                    "target_columns": st.target_columns_,
-                    "categories": {c: len(m) for c, m in st.target_maps_.items()},
-                    "train_arrest_rate": st.target_mean_},
-    )
-
-
-def scale_data(month: str, lake: Lake | None = None,
-               settings: Settings | None = None) -> dict[str, Any]:
-    """StandardScaler fitted on train."""
-    lake, settings = _ctx(lake, settings)
-    return _fitted_stage(
-        month, "scaled", "encoded", lake, settings,
-        lambda s: F.RecordScaler().set_output(transform="pandas"),
-        lambda st: {"mean": dict(zip(st.feature_names_in_.tolist(), st.mean_.tolist(),
-                                     strict=True)),
-                    "scale": dict(zip(st.feature_names_in_.tolist(), st.scale_.tolist(),
-                                      strict=True))},
-    )
-
-
-def balance_data(month: str, lake: Lake | None = None, settings: Settings | None = None,
-                 smote_ratio: float = 0.5, final_ratio: float = 1.0) -> dict[str, Any]:
-    """SMOTE + random under-sampling of the train set; the test set is copied unchanged."""
-    lake, settings = _ctx(lake, settings)
-    started = time.perf_counter()
-    test_key = layout.stage_key(month, "scaled", "test.parquet")
-    data = _read_stage(lake, month, "scaled")
-    if data is None:
-        return _no_data(month, "balanced", "missing scaled stage output")
-    train, test = data
-    X, y = _xy(train)
-    balancer = F.make_balancer(settings.random_seed, smote_ratio, final_ratio)
-    X_res, y_res = balancer.fit_resample(X, y)
-    return _finish(
-        lake, month, "balanced", started, _join(X_res, pd.Series(y_res)), test, fitted=balancer,
-        source=[layout.stage_key(month, "scaled", "train.parquet"), test_key],
-        rows_in={"train": len(train), "test": len(test)},
-        details={"smote_ratio": smote_ratio, "final_ratio": final_ratio,
-                 "counts_before": balancer.counts_before_, "counts_after": balancer.counts_after_,
-                 "test_resampled": False},
-        test_bytes=lake.get_bytes(test_key),
-    )
-
-
-def extract_features(month: str, lake: Lake | None = None, settings: Settings | None = None,
-                     k: int | None = 20) -> dict[str, Any]:
-    """Mutual-information selection fitted on the balanced train set; scores recorded."""
-    lake, settings = _ctx(lake, settings)
-    started = time.perf_counter()
-    data = _read_stage(lake, month, "balanced")
-    if data is None:
-        return _no_data(month, "features", "missing balanced stage output")
-    train, test = data
-    X_train, y_train = _xy(train)
-    X_test, y_test = _xy(test)
-    selector = F.make_selector(settings.random_seed, k=k).fit(X_train, y_train)
-    result = _finish(
-        lake, month, "features", started, _join(selector.transform(X_train), y_train),
-        _join(selector.transform(X_test), y_test), fitted=selector,
-        source=[layout.stage_key(month, "balanced", f"{p}.parquet") for p in ("train", "test")],
-        rows_in={"train": len(train), "test": len(test)},
-        details={"selected": selector.selected_,
-                 "scores": {k_: round(v, 6) for k_, v in sorted(
-                     selector.scores_.items(), key=lambda kv: -kv[1])},
-                 "k": k},
-    )
-    result["features"] = list(selector.selected_)
-    return result
-
-
-STAGE_FUNCTIONS: dict[str, Callable[..., dict[str, Any]]] = {
-    "enrich": enrich_data, "split": split_data, "outliers": process_outliers,
-    "encoded": encode_data, "scaled": scale_data, "balanced": balance_data,
-    "features": extract_features,
+_RUNNERS: dict[str, Callable[[stages.Stage, str, Lake, Settings], dict[str, Any]]] = {
+    stages.ENRICH: _enrich, stages.SPLIT: _split,
 }
+
+
+def run_stage(name: str, month: str, lake: Lake | None = None,
+              settings: Settings | None = None) -> dict[str, Any]:
+    """Run one stage of the table for ``month`` (what its DAG task does)."""
+    lake, settings = _ctx(lake, settings)
+    stage = stages.get(name)
+    return _RUNNERS.get(stage.name, _fit)(stage, month, lake, settings)
 
 
 def run_all(month: str, lake: Lake | None = None,
             settings: Settings | None = None) -> dict[str, dict[str, Any]]:
-    """Run every stage in order (outside Airflow: CLI, notebooks, benchmarks)."""
+    """Run every stage in order, stopping at the first without data."""
     lake, settings = _ctx(lake, settings)
     results: dict[str, dict[str, Any]] = {}
-    for stage, func in STAGE_FUNCTIONS.items():
-        results[stage] = func(month, lake, settings)
-        if results[stage]["status"] != OK:
+    for stage in stages.STAGES:
+        results[stage.name] = run_stage(stage.name, month, lake, settings)
+        if results[stage.name]["status"] != OK:
             break
     return results
 
 
 def split_raw_window(month: str, lake: Lake | None = None, settings: Settings | None = None,
                      ) -> tuple[pd.DataFrame, pd.DataFrame] | None:
-    """The raw window's records split exactly as ``split_data`` split them (by ``id``).
+    """The raw window's records split exactly as the ``split`` stage split them (by ``id``).
 
     For training the served pipeline on raw records with the ETL's train/test partition.
     """
     lake, settings = _ctx(lake, settings)
     raw = read_window(lake, month)
-    data = _read_stage(lake, month, "split")
+    data = _read_stage(lake, month, stages.SPLIT)
     if raw is None or data is None:
         return None
     ids = raw[ID_COL].astype(str)
@@ -398,8 +305,8 @@ def load_reports(month: str, lake: Lake | None = None,
     """The stage reports stored in the lake for ``month`` (missing stages are left out)."""
     lake, _ = _ctx(lake, settings)
     out: dict[str, dict[str, Any]] = {}
-    for stage in STAGE_ORDER:
-        key = report_key(month, stage)
+    for stage in stages.NAMES:
+        key = layout.report_key(month, stage)
         if lake.exists(key):
             out[stage] = lake.read_json(key)
     return out
@@ -436,10 +343,11 @@ def _quality_metrics(reports: Mapping[str, Mapping[str, Any]]) -> dict[str, floa
                 value = sum(numbers) if numbers else None
             if isinstance(value, int | float) and not isinstance(value, bool):
                 metrics[f"{stage}_{key}"] = float(value)
-    if "arrest_rate_split_train" in metrics:
-        metrics["arrest_rate_before_balancing"] = metrics["arrest_rate_split_train"]
-    if "arrest_rate_balanced_train" in metrics:
-        metrics["arrest_rate_after_balancing"] = metrics["arrest_rate_balanced_train"]
+    last = stages.STAGES[-1].name
+    if f"arrest_rate_{stages.SPLIT}_train" in metrics:
+        metrics["arrest_rate_before_balancing"] = metrics[f"arrest_rate_{stages.SPLIT}_train"]
+    if f"arrest_rate_{last}_train" in metrics:
+        metrics["arrest_rate_after_balancing"] = metrics[f"arrest_rate_{last}_train"]
     metrics["seconds_total"] = sum(v for k, v in metrics.items() if k.startswith("seconds_"))
     return metrics
 
@@ -491,9 +399,8 @@ def log_quality_run(month: str, reports: Mapping[str, Mapping[str, Any]] | None 
     metrics = [Metric(k, v, now, 0) for k, v in sorted(_quality_metrics(reports).items())]
     params = [Param("month", month), Param("random_seed", str(settings.random_seed)),
               Param("test_size", str(settings.test_size)),
-              Param("stages", ",".join(s for s in STAGE_ORDER if s in reports))]
-    features = reports.get("features", {})
-    selected = (features.get("details") or {}).get("selected") or features.get("features")
+              Param("stages", ",".join(s for s in stages.NAMES if s in reports))]
+    selected = (reports.get(stages.STAGES[-1].name) or {}).get("columns")
     if selected:
         params.append(Param("selected_features", ",".join(selected)[:6000]))
     client.log_batch(run_id, metrics=metrics, params=params,
@@ -504,10 +411,3 @@ def log_quality_run(month: str, reports: Mapping[str, Mapping[str, Any]] | None 
         client.set_tag(old.info.run_id, "latest", "false")
         client.set_tag(old.info.run_id, "superseded_by", run_id)
     return run_id
-
-
-def parquet_bytes(df: pd.DataFrame) -> bytes:
-    """The exact bytes :meth:`Lake.write_parquet` stores for ``df`` (for determinism checks)."""
-    buf = io.BytesIO()
-    df.reset_index(drop=True).to_parquet(buf, index=False, engine="pyarrow")
-    return buf.getvalue()

@@ -4,9 +4,9 @@ Every step follows the scikit-learn API (``fit``/``transform``/``get_feature_nam
 returns pandas DataFrames, so the ETL DAG materialises each stage in the lake and the training
 code composes the *same* classes into the served pipeline::
 
-    Pipeline(make_feature_steps(stations, seed)
-             + [("balance", make_balancer(seed)), ("select", make_selector(seed)),
-                ("clf", model)])                      # imblearn.pipeline.Pipeline
+    imblearn.pipeline.Pipeline([*stages.estimators(stations, seed), ("clf", model)])
+
+(the stage table, :mod:`chicago_crime.stages`, names the class of each stage).
 
 Each non-sampler step also has ``transform_record(record: dict) -> dict``: the same values as
 ``transform`` on a one-row frame, in plain Python/NumPy (no pandas), for the low-latency
@@ -35,6 +35,7 @@ import pandas as pd
 from imblearn.over_sampling import SMOTE
 from imblearn.under_sampling import RandomUnderSampler
 from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.exceptions import NotFittedError
 from sklearn.feature_selection import mutual_info_classif
 from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler, TargetEncoder
@@ -647,7 +648,8 @@ class SmoteUnderSampler(BaseEstimator):
 
     def report(self) -> dict[str, Any]:
         """What the last ``fit_resample`` did (for the stage's JSON report)."""
-        check_is_fitted(self, "counts_after_")
+        if not hasattr(self, "counts_after_"):
+            raise NotFittedError("call fit_resample first")
         return {"smote_ratio": self.smote_ratio, "final_ratio": self.final_ratio,
                 "counts_before": self.counts_before_, "counts_after": self.counts_after_}
 
@@ -710,29 +712,3 @@ class MutualInfoSelector(TransformerMixin, BaseEstimator):
     def transform_record(self, record: Mapping[str, Any]) -> dict[str, Any]:
         check_is_fitted(self, "selected_")
         return {n: record[n] for n in self.selected_}
-
-
-# --------------------------------------------------------------------------------------------
-# factories
-# --------------------------------------------------------------------------------------------
-def make_feature_steps(stations: StationTable, seed: int = 0) -> list[tuple[str, Any]]:
-    """The standard fitted feature steps: enrich, outliers, encode, scale (all unfitted)."""
-    return [
-        ("enrich", CrimeEnricher(stations)),
-        ("outliers", OutlierHandler()),
-        ("encode", CrimeEncoder(random_state=seed)),
-        ("scale", RecordScaler()),
-    ]
-
-
-def make_balancer(seed: int = 0, smote_ratio: float = 0.5,
-                  final_ratio: float = 1.0) -> SmoteUnderSampler:
-    """SMOTE to ``smote_ratio`` then under-sampling to ``final_ratio`` (minority/majority)."""
-    return SmoteUnderSampler(smote_ratio=smote_ratio, final_ratio=final_ratio, random_state=seed)
-
-
-def make_selector(seed: int = 0, k: int | None = 20, min_score: float = 0.0,
-                  max_samples: int | None = 50_000) -> MutualInfoSelector:
-    """Mutual-information feature selector (seeded)."""
-    return MutualInfoSelector(k=k, min_score=min_score, max_samples=max_samples,
-                              random_state=seed)

@@ -14,11 +14,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import boto3
-import joblib
 import pandas as pd
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from chicago_crime import serialization
 from chicago_crime.config import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -173,10 +173,10 @@ class Lake:
         return json.loads(self.get_bytes(key))
 
     def write_object(self, key: str, obj: Any) -> None:
-        """Persist a fitted Python object (joblib) so anyone can reload and reuse it."""
-        buf = io.BytesIO()
-        joblib.dump(obj, buf, compress=3)
-        self.put_bytes(key, buf.getvalue())
+        """Persist a fitted object with skops (:mod:`chicago_crime.serialization`): loadable
+        without pickle, same object -> same bytes."""
+        self.put_bytes(key, serialization.dumps(obj), "application/octet-stream")
 
     def read_object(self, key: str) -> Any:
-        return joblib.load(io.BytesIO(self.get_bytes(key)))
+        """A fitted object written by :meth:`write_object`; only trusted types are loaded."""
+        return serialization.loads(self.get_bytes(key))

@@ -2,6 +2,11 @@
 
 ``month`` is the run's month ``YYYY-MM`` (the month of the DAG run's data interval start);
 ``stamp`` is the last day of that month, ``YYYY-MM-DD``, used to name the month's datasets.
+
+Each ETL stage (:mod:`chicago_crime.stages`) writes under one prefix derived from its name:
+``2-processed-data/{stamp}/{stage}/`` (``train.parquet``, ``test.parquet``, ``report.json`` and
+the fitted ``{stage}.skops``); ``enrich`` writes next to the enriched CSV,
+``1-enriched-data/crimes_enriched_{stamp}_`` + ``report.json`` / ``enrich.skops``.
 """
 
 from __future__ import annotations
@@ -9,15 +14,14 @@ from __future__ import annotations
 import calendar
 from datetime import date, datetime
 
+from chicago_crime import stages
+
 RAW_PREFIX = "0-raw-data/"
 MONTHLY_PREFIX = "0-raw-data/monthly-data/"
 WINDOW_PREFIX = "0-raw-data/data/"
 QUARANTINE_PREFIX = "0-raw-data/quarantine/"
 ENRICHED_PREFIX = "1-enriched-data/"
 PROCESSED_PREFIX = "2-processed-data/"
-TEMP_PREFIX = "tmp/"
-
-STAGES: tuple[str, ...] = ("split", "outliers", "encoded", "scaled", "balanced", "features")
 
 
 def month_of(moment: date | datetime | str) -> str:
@@ -75,16 +79,29 @@ def processed_prefix(month: str) -> str:
     return f"{PROCESSED_PREFIX}{stamp(month)}/"
 
 
+def stage_prefix(month: str, stage: str) -> str:
+    """Where ``stage`` writes for ``month`` (a folder, or a file-name prefix for ``enrich``)."""
+    stages.get(stage)  # unknown names fail here
+    if stage == stages.ENRICH:
+        return enriched_key(month).removesuffix(".csv") + "_"
+    return f"{processed_prefix(month)}{stage}/"
+
+
 def stage_key(month: str, stage: str, name: str) -> str:
-    """E.g. ``stage_key('2018-06', 'scaled', 'train.parquet')``."""
-    if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
-    return f"{processed_prefix(month)}{stage}/{name}"
+    """E.g. ``stage_key('2018-06', 'scale', 'train.parquet')``."""
+    return stage_prefix(month, stage) + name
 
 
-# The ML-ready dataset of a month as an Airflow asset (each event's extra names the month).
-ML_READY_ASSET_NAME = "chicago_crimes_ml_ready"
+def data_key(month: str, stage: str, part: str) -> str:
+    """The stage's ``train`` or ``test`` Parquet."""
+    return stage_key(month, stage, f"{part}.parquet")
 
 
-def ml_ready_asset_uri(bucket: str) -> str:
-    return f"s3://{bucket}/{PROCESSED_PREFIX}"
+def fitted_key(month: str, stage: str) -> str:
+    """The stage's fitted object (skops)."""
+    return stage_key(month, stage, stages.get(stage).fitted_file)
+
+
+def report_key(month: str, stage: str) -> str:
+    """The stage's JSON report."""
+    return stage_key(month, stage, "report.json")

@@ -1,9 +1,12 @@
 """Chicago Data Portal client (SODA 2.x) built on ``sodapy``, with paging and bounded retries.
 
 The base URL comes from ``SOCRATA_BASE_URL`` so a mirror or the local replay server
-(:mod:`chicago_crime.devtools.replay`) can stand in for ``https://data.cityofchicago.org``. sodapy
-always prefixes ``https://`` unless it is given a ``session_adapter`` whose prefix is
-``http://``; that documented hook is how plain-HTTP base URLs are served.
+(:mod:`chicago_crime.devtools.replay`) can stand in for ``https://data.cityofchicago.org``.
+sodapy's documented ``session_adapter`` hook mounts a ``requests`` adapter for the URL's scheme
+(it is also how plain-HTTP base URLs are served); the adapter carries urllib3's ``Retry``:
+timeouts, connection errors, 429 and 5xx are retried up to ``SOCRATA_MAX_ATTEMPTS`` attempts
+with exponential backoff (``SOCRATA_BACKOFF_SECONDS``, at most 60 s), honouring the portal's
+``Retry-After`` header; other errors are not retried.
 
 Results are DataFrames of strings in the API's form (snake_case columns, floating timestamps
 ``2018-03-01T13:00:00.000``, booleans as ``"true"``/``"false"``, missing values ``NaN``). The
@@ -22,13 +25,7 @@ import pandas as pd
 import requests
 from requests.adapters import HTTPAdapter
 from sodapy import Socrata
-from tenacity import (
-    RetryError,
-    Retrying,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_exponential,
-)
+from urllib3.util import Retry
 
 from chicago_crime.config import Settings, get_settings
 from chicago_crime.portal import STATION_FIELDS
@@ -53,16 +50,6 @@ class SocrataError(RuntimeError):
 def _status(exc: BaseException) -> int | None:
     response = getattr(exc, "response", None)
     return getattr(response, "status_code", None)
-
-
-def is_retryable(exc: BaseException) -> bool:
-    """Timeouts, connection errors, 429 and 5xx are retried; other errors are not."""
-    if isinstance(exc, requests.Timeout | requests.ConnectionError):
-        return True
-    if isinstance(exc, requests.HTTPError):
-        status = _status(exc)
-        return status is not None and (status == 429 or status >= 500)
-    return False
 
 
 def _describe(exc: BaseException) -> str:
@@ -115,12 +102,15 @@ class SocrataClient:
                 "strict throttling (HTTP 429); set SOCRATA_APP_TOKEN for production use",
                 self.base_url,
             )
-        adapter = None
-        if parts.scheme == "http":  # sodapy forces https:// unless given an http adapter
-            adapter = {"prefix": "http://", "adapter": HTTPAdapter()}
+        retries = Retry(
+            total=s.socrata_max_attempts - 1, status_forcelist=sorted(RETRY_STATUSES),
+            allowed_methods={"GET"}, backoff_factor=s.socrata_backoff_seconds,
+            backoff_max=MAX_BACKOFF_SECONDS, respect_retry_after_header=True,
+            raise_on_status=False,  # the last response is returned: sodapy raises for it
+        )
+        adapter = {"prefix": f"{parts.scheme}://", "adapter": HTTPAdapter(max_retries=retries)}
         self.soda = Socrata(domain, token, session_adapter=adapter,
                             timeout=s.socrata_timeout_seconds)
-        self.requests = 0
 
     # -- plumbing -----------------------------------------------------------------------------
     def close(self) -> None:
@@ -133,37 +123,20 @@ class SocrataClient:
         self.close()
 
     def _get(self, dataset: str, **params: Any) -> list[dict[str, Any]]:
-        """One SODA request with bounded exponential-backoff retries."""
-        s = self.settings
-        retrying = Retrying(
-            retry=retry_if_exception(is_retryable),
-            stop=stop_after_attempt(s.socrata_max_attempts),
-            wait=wait_exponential(multiplier=s.socrata_backoff_seconds,
-                                  max=MAX_BACKOFF_SECONDS),
-            before_sleep=lambda rs: log.warning(
-                "Socrata %s attempt %d/%d failed (%s); retrying",
-                dataset, rs.attempt_number, s.socrata_max_attempts,
-                _describe(rs.outcome.exception()),
-            ),
-            reraise=False,
-        )
+        """One SODA request (retried by the session's adapter, see the module doc)."""
+        attempts = self.settings.socrata_max_attempts
         try:
-            for attempt in retrying:
-                with attempt:
-                    self.requests += 1
-                    result = self.soda.get(dataset, **params)
-        except RetryError as exc:
-            last = exc.last_attempt.exception()
+            result = self.soda.get(dataset, **params)
+        except requests.RequestException as exc:
+            status = _status(exc)
+            if status is not None and status not in RETRY_STATUSES:
+                raise SocrataError(
+                    f"Socrata dataset {dataset} at {self.base_url}: request rejected "
+                    f"({_describe(exc)}); not retried", dataset, status,
+                ) from exc
             raise SocrataError(
                 f"Socrata dataset {dataset} at {self.base_url}: request failed after "
-                f"{s.socrata_max_attempts} attempts; last error {_describe(last)}",
-                dataset, _status(last),
-            ) from last
-        except requests.RequestException as exc:
-            raise SocrataError(
-                f"Socrata dataset {dataset} at {self.base_url}: request rejected "
-                f"({_describe(exc)}); not retried",
-                dataset, _status(exc),
+                f"{attempts} attempts; last error {_describe(exc)}", dataset, status,
             ) from exc
         if not isinstance(result, list):
             raise SocrataError(

@@ -101,7 +101,7 @@ def test_mlflow_shows_the_experiments(journey, page, stack_settings, mlflow_clie
 def test_mlflow_shows_the_champion_alias(journey, page, stack_settings, mlflow_client,
                                          screenshots) -> None:
     champion = registry.version_by_alias(mlflow_client, stack_settings.model_name,
-                                         registry.CHAMPION)
+                                         stack_settings.champion_alias)
     assert champion is not None
     page.goto(f"{stack_settings.mlflow_tracking_uri}/#/models/{stack_settings.model_name}")
     expect(page.get_by_text(stack_settings.model_name, exact=True).first).to_be_visible(
@@ -109,7 +109,7 @@ def test_mlflow_shows_the_champion_alias(journey, page, stack_settings, mlflow_c
     # the versions table shows the alias on the champion's row (rendered "@ champion")
     version_link = page.get_by_role("link", name=f"Version {champion.version}", exact=True)
     row = page.get_by_role("row").filter(has=version_link)
-    expect(row.get_by_text(re.compile(rf"^@\s*{registry.CHAMPION}$"))).to_be_visible(
+    expect(row.get_by_text(re.compile(rf"^@\s*{stack_settings.champion_alias}$"))).to_be_visible(
         timeout=UI_TIMEOUT)
     close_assistant(page)
     version_link.scroll_into_view_if_needed()  # newer challengers may list above it

@@ -19,7 +19,7 @@ import pytest
 import requests
 from sklearn.metrics import roc_auc_score
 
-from chicago_crime import etl, layout
+from chicago_crime import layout, stages
 from chicago_crime.devtools.demo import ETL_DAG, TRAIN_DAG, run_etl, wait_for_training
 from chicago_crime.ingest import crime_months
 from chicago_crime.model import registry
@@ -30,6 +30,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3600)]
 #: Real records posted to the API (a fixed sample of the month's export).
 SAMPLE_RECORDS = 1000
 SINGLE_RECORDS = 5
+PROCESSED = [s for s in stages.NAMES if s != stages.ENRICH]
 
 
 # --------------------------------------------------------------------------------------------
@@ -41,8 +42,9 @@ def portal_records(shared_data: Path, month: str, n: int, seed: int = 7) -> list
     return json.loads(to_soda_json(df))
 
 
-def champion_version(mlflow_client: Any, name: str) -> Any:
-    version = registry.version_by_alias(mlflow_client, name, registry.CHAMPION)
+def champion_version(mlflow_client: Any, settings: Any) -> Any:
+    name = settings.model_name
+    version = registry.version_by_alias(mlflow_client, name, settings.champion_alias)
     assert version is not None, f"{name} has no champion"
     return version
 
@@ -77,7 +79,7 @@ def class_counts(lake: Any, month: str, stage: str) -> dict[bool, int]:
 # --------------------------------------------------------------------------------------------
 def test_demo_served_a_champion(journey, airflow, stack_settings) -> None:
     assert journey.model["name"] == stack_settings.model_name
-    assert journey.model["alias"] == registry.CHAMPION
+    assert journey.model["alias"] == stack_settings.champion_alias
     for dag_id in (ETL_DAG, TRAIN_DAG):
         assert airflow.dag(dag_id)["is_paused"] is False
     etl_run = airflow.run(ETL_DAG, f"manual__{journey.month}")
@@ -108,7 +110,8 @@ def test_window_and_enriched_rows(journey, lake, stack_settings) -> None:
     assert window.is_unique
     assert set(window) == set(ids)  # deduplicated union of the 12 monthly partitions
     assert raw_rows(lake, layout.enriched_key(journey.month)) == len(window)
-    for key in (etl.enriched_report_key(journey.month), etl.enricher_key(journey.month)):
+    for key in (layout.report_key(journey.month, "enrich"),
+                layout.fitted_key(journey.month, "enrich")):
         assert lake.exists(key), key
 
 
@@ -116,29 +119,29 @@ def test_every_processed_stage_is_complete_and_consistent(journey, lake) -> None
     month = journey.month
     window = raw_rows(lake, layout.window_key(month))
     rows: dict[str, dict[str, int]] = {}
-    for stage in layout.STAGES:
+    for stage in PROCESSED:
         expected = {f"{part}.parquet" for part in ("train", "test")} | {"report.json"}
-        if stage in etl.FITTED_NAMES:
-            expected.add(etl.FITTED_NAMES[stage])
+        if stages.get(stage).estimator:
+            expected.add(stages.get(stage).fitted_file)
         present = {k.rsplit("/", 1)[1]
                    for k in lake.list_keys(layout.processed_prefix(month) + stage + "/")}
         assert expected <= present, f"{stage}: missing {expected - present}"
         rows[stage] = {part: parquet_rows(lake, month, stage, part) for part in ("train", "test")}
-        assert lake.read_json(etl.report_key(month, stage))["rows_out"] == rows[stage], stage
+        assert lake.read_json(layout.report_key(month, stage))["rows_out"] == rows[stage], stage
     split = rows["split"]
     assert split["train"] + split["test"] == window
     assert split["test"] / window == pytest.approx(0.2, abs=0.01)
-    for stage in layout.STAGES:
+    for stage in PROCESSED:
         assert rows[stage]["test"] == split["test"], f"{stage} changed the test set"
-    for stage in ("outliers", "encoded", "scaled"):
+    for stage in ("outliers", "encode", "scale"):
         assert rows[stage]["train"] == split["train"], f"{stage} changed the train set"
-    assert rows["features"]["train"] == rows["balanced"]["train"]
+    assert rows["select"]["train"] == rows["balance"]["train"]
     # balancing: SMOTE adds arrests, under-sampling drops non-arrests, down to 50/50
     before = class_counts(lake, month, "split")
-    after = class_counts(lake, month, "balanced")
+    after = class_counts(lake, month, "balance")
     assert after[True] == after[False]
     assert after[True] >= before[True] and after[False] <= before[False]
-    assert class_counts(lake, month, "features") == after
+    assert class_counts(lake, month, "select") == after
 
 
 def test_etl_quality_run_in_mlflow(journey, lake, mlflow_client, stack_settings) -> None:
@@ -152,12 +155,12 @@ def test_etl_quality_run_in_mlflow(journey, lake, mlflow_client, stack_settings)
     for part in ("train", "test"):
         assert metrics[f"rows_out_split_{part}"] == parquet_rows(lake, journey.month, "split",
                                                                  part)
-    assert metrics["rows_out_balanced_train"] == parquet_rows(lake, journey.month, "balanced",
+    assert metrics["rows_out_balance_train"] == parquet_rows(lake, journey.month, "balance",
                                                               "train")
 
 
 def test_search_experiment_has_nested_trials(journey, mlflow_client, stack_settings) -> None:
-    champion = champion_version(mlflow_client, stack_settings.model_name)
+    champion = champion_version(mlflow_client, stack_settings)
     parent = mlflow_client.get_run(champion.run_id)
     experiment = mlflow_client.get_experiment(parent.info.experiment_id)
     assert experiment.name == stack_settings.search_experiment
@@ -172,16 +175,16 @@ def test_search_experiment_has_nested_trials(journey, mlflow_client, stack_setti
 
 
 def test_registered_champion(journey, mlflow_client, stack_settings) -> None:
-    champion = champion_version(mlflow_client, stack_settings.model_name)
+    champion = champion_version(mlflow_client, stack_settings)
     assert champion.status == "READY"
-    assert registry.CHAMPION in champion.aliases
+    assert stack_settings.champion_alias in champion.aliases
     assert champion.tags["month"] == journey.month
     assert float(champion.tags["threshold"]) > 0
     assert str(journey.model["version"]) == str(champion.version)
 
 
 def test_predict_real_records(journey, shared_data, mlflow_client, stack_settings) -> None:
-    champion = str(champion_version(mlflow_client, stack_settings.model_name).version)
+    champion = str(champion_version(mlflow_client, stack_settings).version)
     served = served_model(stack_settings, champion, 2 * stack_settings.model_poll_seconds + 30)
     assert str(served["version"]) == champion
     records = portal_records(shared_data, journey.month, SAMPLE_RECORDS)
@@ -219,7 +222,7 @@ def rerun(journey, airflow, lake, mlflow_client, stack_settings) -> dict[str, An
     name = stack_settings.model_name
     before = {
         "snapshot": lake.snapshot(),
-        "champion": str(champion_version(mlflow_client, name).version),
+        "champion": str(champion_version(mlflow_client, stack_settings).version),
         "versions": {str(v.version) for v in mlflow_client.search_model_versions(
             f"name = '{name}'")},
         "train_runs": {r["dag_run_id"] for r in airflow.runs(TRAIN_DAG, limit=100)},
@@ -228,7 +231,7 @@ def rerun(journey, airflow, lake, mlflow_client, stack_settings) -> dict[str, An
     train_run = wait_for_training(airflow, after=etl_run["start_date"])
     after = {
         "snapshot": lake.snapshot(),
-        "champion": str(champion_version(mlflow_client, name).version),
+        "champion": str(champion_version(mlflow_client, stack_settings).version),
         "versions": {str(v.version) for v in mlflow_client.search_model_versions(
             f"name = '{name}'")},
     }

@@ -39,7 +39,7 @@ def _missing(month: str, settings: Any) -> str | None:
     if not lake.exists(layout.enriched_key(month)):
         return f"{lake.uri(layout.enriched_key(month))} is missing"
     client = registry.client_for(settings)
-    if registry.version_by_alias(client, settings.model_name, registry.CHAMPION) is None:
+    if registry.version_by_alias(client, settings.model_name, settings.champion_alias) is None:
         return f"{settings.model_name} has no champion"
     return None
 

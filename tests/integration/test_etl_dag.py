@@ -61,17 +61,17 @@ def test_every_stage_keeps_the_rows(etl_run, stack_settings):
     split_test = lake.read_parquet(layout.stage_key(MONTH, "split", "test.parquet"))
     assert len(split_train) + len(split_test) == len(window)
     assert abs(len(split_test) / len(window) - 0.2) < 0.01
-    for stage in ("outliers", "encoded", "scaled"):
+    for stage in ("outliers", "encode", "scale"):
         assert len(lake.read_parquet(layout.stage_key(MONTH, stage, "train.parquet"))) == len(
             split_train)
-    for stage in ("outliers", "encoded", "scaled", "balanced", "features"):
+    for stage in ("outliers", "encode", "scale", "balance", "select"):
         test = lake.read_parquet(layout.stage_key(MONTH, stage, "test.parquet"))
         assert len(test) == len(split_test), f"{stage} changed the test set"
-    balanced = lake.read_parquet(layout.stage_key(MONTH, "balanced", "train.parquet"))
+    balanced = lake.read_parquet(layout.stage_key(MONTH, "balance", "train.parquet"))
     assert balanced["arrest"].mean() == pytest.approx(0.5, abs=0.02)
-    report = lake.read_json(layout.stage_key(MONTH, "features", "report.json"))
-    features = lake.read_parquet(layout.stage_key(MONTH, "features", "train.parquet"))
-    assert set(features.columns) - {"arrest"} <= set(report["details"]["selected"]) | {"id"}
+    report = lake.read_json(layout.report_key(MONTH, "select"))
+    features = lake.read_parquet(layout.stage_key(MONTH, "select", "train.parquet"))
+    assert set(features.columns) - {"arrest"} <= set(report["columns"]) | {"id"}
 
 
 def test_quality_run_logged_to_mlflow(etl_run, stack_settings):

@@ -13,7 +13,7 @@ import mlflow
 import pandas as pd
 import pytest
 
-from chicago_crime import etl, layout, portal
+from chicago_crime import etl, layout, portal, stages
 from chicago_crime import record as R
 from chicago_crime.lake import Lake
 
@@ -50,11 +50,11 @@ def test_stages_run_on_real_s3(stack_run):
     _, lake, results, window, _ = stack_run
     assert all(r["status"] == etl.OK for r in results.values()), results
     assert results["split"]["rows"]["train"] + results["split"]["rows"]["test"] == len(window)
-    for stage in layout.STAGES:
-        assert lake.exists(layout.stage_key(MONTH, stage, "report.json"))
-    selector = lake.read_object(layout.stage_key(MONTH, "features", "selector.joblib"))
-    assert selector.selected_ == results["features"]["features"]
-    train = lake.read_parquet(layout.stage_key(MONTH, "balanced", "train.parquet"))
+    for stage in stages.NAMES:
+        assert lake.exists(layout.report_key(MONTH, stage))
+    selector = lake.read_object(layout.fitted_key(MONTH, "select"))
+    assert selector.selected_ == results["select"]["columns"]
+    train = lake.read_parquet(layout.data_key(MONTH, "balance", "train"))
     assert train[R.TARGET].mean() == pytest.approx(0.5)
 
 

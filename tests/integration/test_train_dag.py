@@ -22,7 +22,7 @@ def processed_month(stack_settings):
     """Make sure the month went through the ETL (the ETL DAG test usually did it)."""
     client = AirflowClient(stack_settings)
     if not Lake(settings=stack_settings).exists(
-            layout.stage_key(MONTH, "features", "selector.joblib")):
+            layout.fitted_key(MONTH, "select")):
         client.wait_for_dag("etl_with_taskflow")
         client.set_paused("etl_with_taskflow", False)
         run_etl(client, MONTH)

@@ -76,7 +76,8 @@ def test_short_search_registers_the_champion(trained: dict[str, Any]) -> None:
     assert champion.run_id == result["run_id"]
     run = client.get_run(result["run_id"])
     assert run.data.metrics["test_roc_auc"] > 0.8
-    assert "threshold" in champion.tags and json.loads(champion.tags["features"])
+    card = registry.ModelCard.from_version(settings.model_name, champion)
+    assert 0 < card.threshold < 1 and card.features and card.month == MONTH
     children = client.search_runs(
         [run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run.info.run_id}'")
     assert len(children) == result["trials"]

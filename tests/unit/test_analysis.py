@@ -199,12 +199,13 @@ def test_load_registered_and_previous_champion(unit_settings: Any, tmp_path: Pat
     experiment = client.create_experiment("analysis")
     for quality in (0.6, 0.9):  # the second one is better: it replaces the first
         run = client.create_run(experiment)
+        card = registry.ModelCard(name=settings.model_name, threshold=quality / 2)
         version = registry.register(client, settings.model_name,
-                                    f"runs:/{run.info.run_id}/model", run.info.run_id,
-                                    tags={"threshold": f"{quality / 2:.3f}"})
+                                    f"runs:/{run.info.run_id}/model", run.info.run_id, card)
         models[str(version.version)] = _Model(quality)
-        registry.gate(client, settings.model_name, version.version,
-                      lambda m: float(m.p), metric="roc_auc", margin=0.0, load=load)
+        registry.gate(client, settings.model_name, version.version, lambda m: float(m.p),
+                      champion_alias=settings.champion_alias, metric="roc_auc", margin=0.0,
+                      load=load)
 
     champion = analysis.load_registered(settings=settings, client=client, load=load)
     assert champion is not None and champion.version == "2"
@@ -227,8 +228,8 @@ def test_month_split_and_baseline_on_a_small_lake(unit_lake: Any, unit_settings:
     with pytest.raises(FileNotFoundError, match="run the ETL"):
         analysis.month_split(month, unit_lake, unit_settings)
     seed_window_from_exports(unit_lake, shared_data, month, max_rows=3000, seed=1)
-    assert etl.enrich_data(month, unit_lake, unit_settings)["status"] == etl.OK
-    assert etl.split_data(month, unit_lake, unit_settings)["status"] == etl.OK
+    assert etl.run_stage("enrich", month, unit_lake, unit_settings)["status"] == etl.OK
+    assert etl.run_stage("split", month, unit_lake, unit_settings)["status"] == etl.OK
     split = analysis.month_split(month, unit_lake, unit_settings)
     report = etl.load_reports(month, unit_lake, unit_settings)["split"]
     assert len(split.raw_test) == report["rows_out"]["test"]

@@ -21,7 +21,7 @@ from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
 
 from chicago_crime import features as F
-from chicago_crime import layout, portal
+from chicago_crime import layout, portal, stages
 from chicago_crime import record as R
 from chicago_crime.model.predict import RecordPredictor
 
@@ -57,9 +57,9 @@ def enriched(enricher, raw) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def fitted_pipeline(stations, raw, target) -> Pipeline:
-    pipe = Pipeline([*F.make_feature_steps(stations, seed=7),
-                     ("balance", F.make_balancer(7)), ("select", F.make_selector(7, k=15)),
-                     ("clf", LogisticRegression(max_iter=500))])
+    steps = stages.estimators(stations, seed=7)
+    steps[-1][1].set_params(k=15)  # select
+    pipe = Pipeline([*steps, ("clf", LogisticRegression(max_iter=500))])
     return pipe.fit(raw, target)
 
 
@@ -374,7 +374,7 @@ def test_encoder_is_deterministic(enriched, target):
 
 
 def test_scaler_standardises_train(enriched, target):
-    steps = F.make_feature_steps(pd.DataFrame(), 0)[1:]
+    steps = stages.estimators(pd.DataFrame(), 0)[1:4]  # outliers, encode, scale
     X = enriched
     for _, step in steps:
         X = step.fit_transform(X, target)
@@ -387,13 +387,14 @@ def test_scaler_standardises_train(enriched, target):
 @pytest.mark.parametrize("final_ratio", [1.0, 0.8])
 def test_balancer_reaches_configured_ratio_and_snaps_discrete(enriched, target, final_ratio):
     X = enriched.select_dtypes("number").fillna(0)
-    Xr, yr = F.make_balancer(1, smote_ratio=0.5, final_ratio=final_ratio).fit_resample(X, target)
+    balancer = F.SmoteUnderSampler(smote_ratio=0.5, final_ratio=final_ratio, random_state=1)
+    Xr, yr = balancer.fit_resample(X, target)
     counts = pd.Series(yr).value_counts()
     assert counts[True] / counts[False] == pytest.approx(final_ratio, abs=1e-3)
     assert counts[True] > target.sum()  # SMOTE added minority rows
     assert set(Xr["hour"].unique()) <= set(X["hour"].unique())
     assert set(Xr["domestic"].unique()) <= {0.0, 1.0}
-    Xr2, _ = F.make_balancer(1, 0.5, final_ratio).fit_resample(X, target)
+    Xr2, _ = clone(balancer).fit_resample(X, target)
     pd.testing.assert_frame_equal(Xr, Xr2)
 
 

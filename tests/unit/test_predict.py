@@ -214,7 +214,7 @@ def test_nested_pipeline_and_large_batches_use_pandas_threshold(real) -> None:
 
 def test_fast_path_matches_the_feature_pipeline_on_real_records(shared_data) -> None:
     """The platform's own feature steps + balancing + selection + calibration (issue #7)."""
-    from chicago_crime import features
+    from chicago_crime import stages
     from chicago_crime.portal import snake_case
 
     stations = pd.read_csv(shared_data / "police_stations.csv", dtype=str)
@@ -224,9 +224,7 @@ def test_fast_path_matches_the_feature_pipeline_on_real_records(shared_data) -> 
     records = [CrimeRecord.model_validate(r).model_input() for r in raw.to_dict("records")]
     labels = (raw["arrest"] == "true").to_numpy()
     model = ImbPipeline([
-        *features.make_feature_steps(stations),
-        ("balance", features.make_balancer()),
-        ("select", features.make_selector(k=15)),
+        *stages.estimators(stations),
         ("clf", CalibratedClassifierCV(LogisticRegression(max_iter=1000), cv=3)),
     ]).fit(model_frame(records[:3000]), labels[:3000])
     held_out = records[3000:]

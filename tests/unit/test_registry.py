@@ -14,6 +14,7 @@ from chicago_crime.model import evaluate as ev
 from chicago_crime.model import registry
 
 RNG = np.random.default_rng(7)
+CHAMPION = "champion"  # the default of Settings.champion_alias
 Y = (RNG.random(2000) < 0.2).astype(int)
 
 
@@ -54,8 +55,8 @@ def _train(reg: dict[str, Any], model: Any, margin: float = 0.002) -> registry.G
     version = registry.register(client, reg["name"], f"runs:/{run.info.run_id}/model",
                                 run.info.run_id)
     reg["models"][str(version.version)] = model
-    return registry.gate(client, reg["name"], version.version, _score, metric="roc_auc",
-                         margin=margin, challenger_model=model,
+    return registry.gate(client, reg["name"], version.version, _score, champion_alias=CHAMPION,
+                         metric="roc_auc", margin=margin, challenger_model=model,
                          load=lambda name, v: reg["models"][str(v)])
 
 
@@ -124,21 +125,21 @@ def test_rollback_walks_back_the_champion_history(reg: dict[str, Any]) -> None:
     _train(reg, Scores(noise=2.0))
     _train(reg, Scores(noise=1.0))
     assert _alias(reg, "champion") == "3"
-    assert registry.rollback(client, reg["name"]) == {"name": reg["name"], "from_version": "3",
-                                               "to_version": "2"}
+    assert registry.rollback(client, reg["name"], CHAMPION) == {
+        "name": reg["name"], "from_version": "3", "to_version": "2"}
     assert _alias(reg, "champion") == "2"
     assert client.get_model_version(reg["name"], "3").tags["rolled_back_to"] == "2"
     assert client.get_model_version(reg["name"], "2").tags["restored_from"] == "3"
-    registry.rollback(client, reg["name"])
+    registry.rollback(client, reg["name"], CHAMPION)
     assert _alias(reg, "champion") == "1"
     with pytest.raises(registry.RegistryError, match="no previous champion"):
-        registry.rollback(client, reg["name"])
+        registry.rollback(client, reg["name"], CHAMPION)
     assert _alias(reg, "champion") == "1"
 
 
 def test_rollback_without_champion_fails(reg: dict[str, Any]) -> None:
     with pytest.raises(registry.RegistryError, match="no champion"):
-        registry.rollback(reg["client"], reg["name"])
+        registry.rollback(reg["client"], reg["name"], CHAMPION)
 
 
 @pytest.mark.parametrize(("challenger", "champion", "promoted"), [
@@ -161,3 +162,35 @@ def test_cli_rollback_and_champion(reg: dict[str, Any], monkeypatch: pytest.Monk
     assert '"to_version": "1"' in capsys.readouterr().out
     assert cli.main(["rollback"]) == 1
     assert _alias(reg, "champion") == "1"
+
+
+def test_model_card_round_trips_through_version_tags(reg: dict[str, Any]) -> None:
+    client = reg["client"]
+    experiment = client.get_experiment_by_name("gate") or client.get_experiment(
+        client.create_experiment("gate"))
+    run = client.create_run(experiment.experiment_id)
+    card = registry.ModelCard(
+        name=reg["name"], run_id=run.info.run_id, threshold=0.4123456789,
+        features=("iucr_te", "log1p_dist_to_station_ft"), month="2018-06",
+        window_start="2017-07-01", window_end="2018-06-30",
+        metrics={"roc_auc": 0.8912345678, "ece": float("nan")}, calibration="isotonic",
+        model_family="hgb", balanced=False)
+    version = registry.register(client, reg["name"], f"runs:/{run.info.run_id}/model",
+                                run.info.run_id, card)
+    client.set_registered_model_alias(reg["name"], CHAMPION, version.version)
+    back = registry.card(client, reg["name"], CHAMPION)
+    assert back == registry.ModelCard(
+        name=reg["name"], run_id=run.info.run_id, version=str(version.version),
+        threshold=0.412346, features=card.features, month="2018-06",
+        window_start="2017-07-01", window_end="2018-06-30", metrics={"roc_auc": 0.891235},
+        calibration="isotonic", model_family="hgb", balanced=False)
+    assert registry.card(client, reg["name"], "no-such-alias") is None
+    described = registry.describe(client, reg["name"], CHAMPION)
+    assert described["threshold"] == back.threshold and described["alias"] == CHAMPION
+
+
+def test_a_version_without_a_card_reads_back_empty(reg: dict[str, Any]) -> None:
+    _train(reg, Scores(noise=1.0))
+    card = registry.card(reg["client"], reg["name"], CHAMPION)
+    assert card is not None and card.version == "1"
+    assert card.threshold is None and card.features == () and card.metrics == {}

@@ -19,6 +19,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder
 
 from chicago_crime.config import Settings, load_settings
+from chicago_crime.model.registry import ModelCard
 from chicago_crime.portal import crimes_export_path, read_export
 from chicago_crime.serve.app import create_app
 from chicago_crime.serve.model_store import ModelStore
@@ -95,21 +96,20 @@ def build_registry(root: Path, shared_data: Path, name: str = "toy_arrest") -> R
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     try:
-        for c, threshold, where in ((1.0, 0.3, "tag"), (0.01, 0.25, "metric")):
+        for c, with_card in ((1.0, True), (0.01, False)):
             model = fit_toy_model(train, c)
             with mlflow.start_run(experiment_id=experiment):
-                mlflow.log_metric("test_roc_auc", 0.7 + c / 10)
-                mlflow.log_params({"window_start": "2018-01-01", "window_end": "2018-01-31"})
-                if where == "metric":
-                    mlflow.log_metric("threshold", threshold)
-                    mlflow.log_param("features", json.dumps(["primary_type", "domestic"]))
                 info = mlflow.sklearn.log_model(
                     model, name="model", registered_model_name=name,
                     pip_requirements=["scikit-learn"],
                 )
             version = str(info.registered_model_version)
-            if where == "tag":
-                client.set_model_version_tag(name, version, "threshold", str(threshold))
+            if with_card:  # version 1 has a model card, version 2 (registered by hand) none
+                card = ModelCard(name=name, threshold=0.3, features=("primary_type", "domestic"),
+                                 month="2018-01", window_start="2018-01-01",
+                                 window_end="2018-01-31", metrics={"roc_auc": 0.8})
+                for key, value in card.tags().items():
+                    client.set_model_version_tag(name, version, key, value)
             models[version] = model
     finally:
         mlflow.set_tracking_uri(None)
@@ -256,13 +256,12 @@ def test_health_ready_and_model_info(client, registry) -> None:
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
     info = client.get("/model").json()
     assert info["version"] == "1" and info["alias"] == "champion"
-    assert info["threshold"] == pytest.approx(0.3) and info["threshold_source"] == "version tag"
-    assert info["metrics"]["test_roc_auc"] == pytest.approx(0.8)
+    assert info["threshold"] == pytest.approx(0.3) and info["threshold_source"] == "model card"
+    assert info["metrics"] == {"roc_auc": pytest.approx(0.8)}
     assert info["training_window"] == {"start": "2018-01-01", "end": "2018-01-31"}
+    assert info["month"] == "2018-01"
     assert info["predictor"] == "pandas"
-    features = info["features"]  # no tag/param on version 1: read from the fitted pipeline
-    assert any(f.startswith("onehot__primary_type_") for f in features)
-    assert "onehot__domestic_True" in features
+    assert info["features"] == ["primary_type", "domestic"]
 
 
 def test_reload_requires_the_api_key(client, registry) -> None:
@@ -287,10 +286,10 @@ def test_alias_move_hot_swaps_on_reload(client, registry) -> None:
     assert before["model"]["version"] == "1" and after["model"]["version"] == "2"
     assert after["arrest_probability"] == pytest.approx(
         registry.expected("2", [record])[0], abs=1e-12)
-    assert after["threshold"] == pytest.approx(0.25)  # from the run metric
+    assert after["threshold"] == pytest.approx(0.5)  # version 2 has no model card
     info = client.get("/model").json()
-    assert info["threshold_source"] == "run metric"
-    assert info["features"] == ["primary_type", "domestic"]
+    assert info["threshold_source"] == "default"
+    assert info["features"] is None and info["training_window"] == {"start": None, "end": None}
 
 
 def test_in_flight_requests_survive_hot_swaps(client, registry) -> None:
@@ -388,9 +387,9 @@ def test_prometheus_metrics(client, registry) -> None:
     client.post("/predict/batch", json={"records": registry.records[:10]})
     client.post("/predict", json={"date": "bad", "primary_type": "X"})
     text = client.get("/metrics").text
-    assert 'http_requests_total{endpoint="/predict",method="POST",status="200"} 1.0' in text
-    assert 'http_requests_total{endpoint="/predict",method="POST",status="422"} 1.0' in text
-    assert 'http_request_duration_seconds_count{endpoint="/predict/batch",method="POST"} 1.0' \
+    assert 'http_requests_total{handler="/predict",method="POST",status="200"} 1.0' in text
+    assert 'http_requests_total{handler="/predict",method="POST",status="422"} 1.0' in text
+    assert 'http_request_duration_seconds_count{handler="/predict/batch",method="POST"} 1.0' \
         in text
     counted = sum(
         float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
@@ -408,6 +407,7 @@ def test_docs_work_offline(client) -> None:
     js = client.get("/static/swagger-ui-bundle.js")
     assert js.status_code == 200 and len(js.content) > 1_000_000
     assert client.get("/static/swagger-ui.css").status_code == 200
+    assert b"5." in js.content[:2000] or b"swagger" in js.content[:2000].lower()
     schema = client.get("/openapi.json").json()
     batch = schema["components"]["schemas"]["BatchRequest"]["properties"]["records"]
     assert batch["maxItems"] == 50

@@ -11,6 +11,7 @@ from schemathesis.generation.modes import GenerationMode
 
 from chicago_crime.config import load_settings
 from chicago_crime.model.predict import make_predictor
+from chicago_crime.model.registry import ModelCard
 from chicago_crime.serve.app import create_app
 from chicago_crime.serve.model_store import LoadedModel, ModelStore, RefreshOutcome
 from chicago_crime.serve.schemas import SAMPLE_RECORDS, CrimeRecord
@@ -44,10 +45,9 @@ def api_schema(shared_data: Path):
     )
     store = StaticStore(server_settings)
     store._current = LoadedModel(
-        name="toy", version="1", run_id="r1", source="memory", model=model,
-        predictor=make_predictor(model, checks), threshold=0.3, threshold_source="version tag",
-        metrics={"test_roc_auc": 0.8}, features=None, window_start=None, window_end=None,
-        version_tags={},
+        card=ModelCard(name="toy", version="1", run_id="r1", threshold=0.3,
+                       metrics={"roc_auc": 0.8}),
+        source="memory", model=model, predictor=make_predictor(model, checks), version_tags={},
     )
     app = create_app(server_settings, store=store)
     return schemathesis.openapi.from_asgi("/openapi.json", app)

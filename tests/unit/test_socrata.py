@@ -81,7 +81,8 @@ def test_timeouts_are_retried(server):
     server.inject(status=None, delay=1.5, times=1, dataset=STATIONS_DATASET)
     client = client_for(server, socrata_timeout_seconds=0.3)
     assert len(client.stations()) > 0
-    assert server.stats[f"requests:{STATIONS_DATASET}"] == 2
+    assert server.stats["faults"] == 1  # the slow answer timed out; a retry got the data
+    assert server.stats[f"requests:{STATIONS_DATASET}"] >= 2
 
 
 def test_persistent_errors_fail_clearly_after_max_attempts(server):

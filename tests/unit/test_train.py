@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from chicago_crime import cli, etl
+from chicago_crime import cli, etl, layout, stages
 from chicago_crime import record as R
 from chicago_crime.devtools.seed import seed_window_from_exports
 from chicago_crime.lake import Lake
@@ -75,11 +75,9 @@ def test_served_pipeline_is_built_from_the_etl_fitted_steps(trained: dict[str, A
     assert [name for name, _ in model.steps] == [
         "enrich", "outliers", "encode", "scale", "select", "clf"]
     steps = dict(model.steps)
-    stored_encoder = lake.read_object(train.layout.stage_key(MONTH, "encoded", "encoder.joblib"))
-    stored_scaler = lake.read_object(train.layout.stage_key(MONTH, "scaled", "scaler.joblib"))
-    stored_selector = lake.read_object(train.layout.stage_key(MONTH, "features",
-                                                              "selector.joblib"))
-    stored_enricher = lake.read_object(etl.enricher_key(MONTH))
+    stored = {s.name: lake.read_object(layout.fitted_key(MONTH, s.name)) for s in stages.served()}
+    stored_encoder, stored_scaler = stored["encode"], stored["scale"]
+    stored_selector, stored_enricher = stored["select"], stored["enrich"]
     assert steps["encode"].target_maps_ == stored_encoder.target_maps_
     np.testing.assert_array_equal(steps["scale"].mean_, stored_scaler.mean_)
     assert steps["select"].selected_ == stored_selector.selected_
@@ -149,8 +147,13 @@ def test_search_logged_one_nested_run_per_trial(trained: dict[str, Any]) -> None
         for metric in ("cv_roc_auc", "cv_pr_auc", "cv_f1", "cv_brier", "cv_log_loss"):
             assert metric in child.data.metrics
     parent = client.get_run(result["run_id"])
-    assert json.loads(parent.data.params["features"]) == \
-        json.loads(client.get_model_version(settings.model_name, "1").tags["features"])
+    card = registry.card(client, settings.model_name, settings.champion_alias)
+    assert card is not None and card.version == "1" and card.run_id == result["run_id"]
+    assert list(card.features) == train.load_month(MONTH, trained["lake"], settings).features
+    assert card.threshold == pytest.approx(result["threshold"], abs=1e-6)
+    assert card.metrics["roc_auc"] == pytest.approx(result["metrics"]["roc_auc"], abs=1e-6)
+    assert card.month == MONTH and card.window_start <= card.window_end
+    assert "features" not in parent.data.params  # the card is the one record of them
     sources = [json.loads(d.dataset.source)["uri"] for d in parent.inputs.dataset_inputs]
     assert sources and all(s.startswith(f"s3://{settings.data_repo_bucket_name}/")
                            for s in sources)

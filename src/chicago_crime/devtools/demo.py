@@ -109,7 +109,7 @@ def print_summary(settings: Settings, model: dict[str, Any], seconds: float) -> 
  Airflow    http://127.0.0.1:{settings.airflow_port}   ({settings.airflow_admin_user} / \
 {settings.airflow_admin_password.get_secret_value()})  DAGs {ETL_DAG}, {TRAIN_DAG}
  MLflow     http://127.0.0.1:{settings.mlflow_port}   experiments '{settings.etl_experiment}', \
-'{settings.search_experiment}', model '{settings.model_name}' (alias champion)
+'{settings.search_experiment}', model '{settings.model_name}' (alias {settings.champion_alias})
  Data lake  {settings.aws_endpoint_url_s3}  bucket '{settings.data_repo_bucket_name}' \
 (key {settings.aws_access_key_id} / {settings.aws_secret_access_key.get_secret_value()})
  Model API  {settings.api_url}/docs

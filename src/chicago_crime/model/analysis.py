@@ -329,14 +329,24 @@ def quality_summary(enriched: pd.DataFrame, reports: Mapping[str, Mapping[str, A
 # --------------------------------------------------------------------------------------------
 @dataclass
 class RegisteredModel:
-    """A loaded model version of the registry and what the registry knows about it."""
+    """A loaded model version and its model card (:class:`registry.ModelCard`)."""
 
-    name: str
-    version: str
+    card: registry.ModelCard
     alias: str | None
     tags: dict[str, str]
     model: Any = field(repr=False)
-    run_id: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.card.name
+
+    @property
+    def version(self) -> str:
+        return self.card.version
+
+    @property
+    def run_id(self) -> str | None:
+        return self.card.run_id
 
     @property
     def uri(self) -> str:
@@ -345,9 +355,8 @@ class RegisteredModel:
 
     @property
     def threshold(self) -> float:
-        """The decision threshold training chose (tag ``threshold``; 0.5 when absent)."""
-        value = self.tags.get("threshold")
-        return float(value) if value else 0.5
+        """The decision threshold on the card (0.5 for a version without a card)."""
+        return 0.5 if self.card.threshold is None else self.card.threshold
 
     def predict(self, raw: pd.DataFrame) -> np.ndarray:
         """Arrest probabilities of raw records."""
@@ -371,24 +380,29 @@ def _configure_mlflow(settings: Settings) -> None:
     mlflow.set_registry_uri(settings.mlflow_tracking_uri)
 
 
-def load_registered(alias: str = registry.CHAMPION, settings: Settings | None = None,
+def _registered(client: Any, name: str, version: Any, alias: str | None,
+                load: Callable[[str, str], Any]) -> RegisteredModel:
+    return RegisteredModel(card=registry.ModelCard.from_version(name, version), alias=alias,
+                           tags=dict(version.tags or {}),
+                           model=load(name, str(version.version)))
+
+
+def load_registered(alias: str | None = None, settings: Settings | None = None,
                     client: Any | None = None,
                     load: Callable[[str, str], Any] = registry.load_version,
                     ) -> RegisteredModel | None:
-    """The version ``alias`` points at, loaded with the sklearn flavour (None when unset).
+    """The version ``alias`` (default: the champion alias) points at, loaded with the sklearn
+    flavour (None when unset).
 
-    The alias is resolved once and that exact version is loaded, so the tags shown and the
+    The alias is resolved once and that exact version is loaded, so the card shown and the
     model scored are the same version even if the alias moves meanwhile.
     """
     s = settings or get_settings()
     _configure_mlflow(s)
     client = client or registry.client_for(s)
-    info = registry.describe(client, s.model_name, alias)
-    if info is None:
-        return None
-    return RegisteredModel(name=s.model_name, version=info["version"], alias=alias,
-                           tags=info["tags"], model=load(s.model_name, info["version"]),
-                           run_id=info["run_id"])
+    alias = alias or s.champion_alias
+    version = registry.version_by_alias(client, s.model_name, alias)
+    return None if version is None else _registered(client, s.model_name, version, alias, load)
 
 
 def previous_champion(current: RegisteredModel, settings: Settings | None = None,
@@ -403,9 +417,7 @@ def previous_champion(current: RegisteredModel, settings: Settings | None = None
     _configure_mlflow(s)
     client = client or registry.client_for(s)
     version = client.get_model_version(current.name, previous)
-    return RegisteredModel(name=current.name, version=str(version.version), alias=None,
-                           tags=dict(version.tags or {}), model=load(current.name, previous),
-                           run_id=version.run_id)
+    return _registered(client, current.name, version, None, load)
 
 
 # --------------------------------------------------------------------------------------------

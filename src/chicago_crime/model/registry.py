@@ -1,15 +1,19 @@
-"""The MLflow model registry: versions, the ``challenger``/``champion`` aliases, the gate, rollback.
+"""The MLflow model registry: the model card, versions, aliases, the gate and rollback.
 
-* Every trained model is registered as a new version of ``settings.model_name`` and gets the
-  alias ``challenger``.
+Every registry look-up of the platform goes through this module (the trainer, the CLI, the
+model server, the notebooks): the client, alias resolution and what "not found" means.
+
+* Every trained model is registered as a new version of ``settings.model_name`` with its
+  :class:`ModelCard` written once as version tags, and gets the alias ``challenger``.
 * :func:`gate` scores the challenger and the current champion on the *same* records (the new
-  month's test split) and moves ``champion`` only when the challenger is better on
-  ``settings.primary_metric`` by more than ``settings.promotion_margin``. Ties and smaller gains
-  keep the champion; the first model becomes champion. The decision and both scores are
-  recorded as tags of the new version (``gate_*``).
+  month's test split) and moves the champion alias (``settings.champion_alias``) only when the
+  challenger is better on ``settings.primary_metric`` by more than
+  ``settings.promotion_margin``. Ties and smaller gains keep the champion; the first model
+  becomes champion. The decision and both scores are recorded as tags of the new version
+  (``gate_*``).
 * A promoted version remembers the version it replaced in the tag ``previous_champion``;
-  :func:`rollback` moves ``champion`` back along that chain (the rolled-back version is tagged
-  ``rolled_back_to``, the restored one ``restored_from``).
+  :func:`rollback` moves the champion alias back along that chain (the rolled-back version is
+  tagged ``rolled_back_to``, the restored one ``restored_from``).
 
 Retraining the same month on the same data scores the same as the champion, so the gate keeps
 the champion: reruns never promote a second version.
@@ -17,24 +21,208 @@ the champion: reruns never promote a second version.
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from chicago_crime.config import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
-CHAMPION = "champion"
+#: The alias every newly registered version gets (the champion's lives in the settings).
 CHALLENGER = "challenger"
 PREVIOUS_TAG = "previous_champion"
+#: Registry error codes that mean "no such model, version or alias" (not "registry down").
+NOT_FOUND_CODES = frozenset({"RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE"})
+_uri_lock = threading.Lock()
 
 
 class RegistryError(RuntimeError):
     """The registry is not in the state an operation needs (no champion, no previous one)."""
+
+
+# --------------------------------------------------------------------------------------------
+# the model card
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelCard:
+    """What a registered version is: written once as version tags by the trainer, read back
+    by the model server, the CLI and the notebooks (:func:`card`).
+
+    ``version`` and ``run_id`` are the registry's own (the version is assigned when the card
+    is registered); every other field is a version tag (:meth:`tags`). A version registered
+    without a card (by hand) reads back with ``threshold`` None and empty fields.
+    """
+
+    name: str
+    #: Decision threshold chosen at training time (None: the version has no card).
+    threshold: float | None
+    #: The classifier's input features (the selected ones), in order.
+    features: tuple[str, ...] = ()
+    #: The ETL month trained on and the dates of its records (``YYYY-MM-DD``).
+    month: str | None = None
+    window_start: str | None = None
+    window_end: str | None = None
+    #: Test-split metrics of that month (keys of ``evaluate.binary_metrics``).
+    metrics: dict[str, float] = field(default_factory=dict)
+    #: Calibration method (``isotonic``/``sigmoid``), model family, balanced in the folds.
+    calibration: str | None = None
+    model_family: str | None = None
+    balanced: bool | None = None
+    #: The registry's version number (assigned at registration) and the training run.
+    version: str = ""
+    run_id: str | None = None
+
+    #: The version tags a card is written as.
+    TAG_KEYS = ("threshold", "features", "month", "window_start", "window_end", "metrics",
+                "calibration", "model_family", "balanced")
+
+    def tags(self) -> dict[str, str]:
+        """The card as version tags (strings; lists and metrics as JSON)."""
+        values: dict[str, Any] = {
+            "threshold": None if self.threshold is None else f"{self.threshold:.6f}",
+            "features": json.dumps(list(self.features)),
+            "month": self.month, "window_start": self.window_start,
+            "window_end": self.window_end,
+            "metrics": json.dumps({k: round(v, 6) for k, v in self.metrics.items()
+                                   if math.isfinite(v)}, sort_keys=True),
+            "calibration": self.calibration, "model_family": self.model_family,
+            "balanced": None if self.balanced is None else str(self.balanced).lower(),
+        }
+        return {k: str(v) for k, v in values.items() if v is not None}
+
+    @classmethod
+    def from_version(cls, name: str, version: Any) -> ModelCard:
+        """The card of an MLflow ``ModelVersion`` (read from its tags)."""
+        tags = dict(version.tags or {})
+
+        def text(key: str) -> str | None:
+            return tags.get(key) or None
+
+        threshold = _float(tags.get("threshold"))
+        balanced = text("balanced")
+        return cls(
+            name=name, version=str(version.version), run_id=version.run_id,
+            threshold=threshold if threshold is not None and 0 <= threshold <= 1 else None,
+            features=tuple(_json(tags.get("features"), [])),
+            month=text("month"), window_start=text("window_start"),
+            window_end=text("window_end"),
+            metrics={k: float(v) for k, v in _json(tags.get("metrics"), {}).items()},
+            calibration=text("calibration"), model_family=text("model_family"),
+            balanced=None if balanced is None else balanced == "true",
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "features": list(self.features)}
+
+
+def _float(value: Any) -> float | None:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if math.isfinite(out) else None
+
+
+def _json(value: str | None, default: Any) -> Any:
+    if not value:
+        return default
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        return default
+    return parsed if isinstance(parsed, type(default)) else default
+
+
+# --------------------------------------------------------------------------------------------
+# look-ups
+# --------------------------------------------------------------------------------------------
+def client_for(settings: Settings | None = None) -> Any:
+    """An ``MlflowClient`` on the platform's tracking server and registry."""
+    from mlflow import MlflowClient
+
+    s = settings or get_settings()
+    return MlflowClient(tracking_uri=s.mlflow_tracking_uri, registry_uri=s.mlflow_tracking_uri)
+
+
+def is_not_found(exc: BaseException) -> bool:
+    """Whether a registry error means "no such model, version or alias"."""
+    return getattr(exc, "error_code", "") in NOT_FOUND_CODES
+
+
+def version_by_alias(client: Any, name: str, alias: str) -> Any | None:
+    """The model version an alias points at, or None (no model / no alias).
+
+    Any other error (the registry is unreachable, ...) is raised.
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        if is_not_found(exc):
+            return None
+        raise
+
+
+def card(client: Any, name: str, alias: str) -> ModelCard | None:
+    """The card of the version ``alias`` points at (None when the alias is unset)."""
+    version = version_by_alias(client, name, alias)
+    return None if version is None else ModelCard.from_version(name, version)
+
+
+def load_version(name: str, version: str, tracking_uri: str | None = None) -> Any:
+    """Load one registered version with the sklearn flavour (the platform trusts its registry).
+
+    With ``tracking_uri``, the version is resolved on that server (MLflow's registry URI is
+    process-wide, so it is set under a lock).
+    """
+    import mlflow
+    import mlflow.sklearn
+
+    os.environ.setdefault("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")
+    uri = f"models:/{name}/{version}"
+    if tracking_uri is None:
+        return mlflow.sklearn.load_model(uri)
+    with _uri_lock:
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
+        return mlflow.sklearn.load_model(uri)
+
+
+# --------------------------------------------------------------------------------------------
+# registration, gate, rollback
+# --------------------------------------------------------------------------------------------
+def register(client: Any, name: str, model_uri: str, run_id: str, card: ModelCard | None = None,
+             model_id: str | None = None, wait_seconds: float = 300) -> Any:
+    """Register ``model_uri`` as a new version of ``name`` (its card as version tags) and
+    point ``challenger`` at it."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.create_registered_model(
+            name, description="Calibrated probability that a reported Chicago crime ends in "
+                              "an arrest, from a raw Chicago Data Portal record.")
+    except MlflowException as exc:
+        if getattr(exc, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
+            raise
+    version = client.create_model_version(name, source=model_uri, run_id=run_id,
+                                          tags=card.tags() if card else {}, model_id=model_id)
+    deadline = time.monotonic() + wait_seconds
+    while version.status == "PENDING_REGISTRATION" and time.monotonic() < deadline:
+        time.sleep(0.5)
+        version = client.get_model_version(name, version.version)
+    if version.status != "READY":
+        raise RegistryError(f"{name} version {version.version} is {version.status}")
+    client.set_registered_model_alias(name, CHALLENGER, version.version)
+    log.info("registered %s version %s (alias %s)", name, version.version, CHALLENGER)
+    return version
 
 
 @dataclass
@@ -54,65 +242,6 @@ class GateDecision:
         return asdict(self)
 
 
-def client_for(settings: Settings | None = None) -> Any:
-    """An ``MlflowClient`` on the platform's tracking server and registry."""
-    from mlflow import MlflowClient
-
-    s = settings or get_settings()
-    return MlflowClient(tracking_uri=s.mlflow_tracking_uri, registry_uri=s.mlflow_tracking_uri)
-
-
-def _not_found(exc: Exception) -> bool:
-    code = getattr(exc, "error_code", "")
-    return code in {"RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE"}
-
-
-def version_by_alias(client: Any, name: str, alias: str) -> Any | None:
-    """The model version an alias points at, or None (no model / no alias)."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_model_version_by_alias(name, alias)
-    except MlflowException as exc:
-        if _not_found(exc):
-            return None
-        raise
-
-
-def register(client: Any, name: str, model_uri: str, run_id: str, model_id: str | None = None,
-             tags: dict[str, str] | None = None, wait_seconds: float = 300) -> Any:
-    """Register ``model_uri`` as a new version of ``name`` and point ``challenger`` at it."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        client.create_registered_model(
-            name, description="Calibrated probability that a reported Chicago crime ends in "
-                              "an arrest, from a raw Chicago Data Portal record.")
-    except MlflowException as exc:
-        if getattr(exc, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
-            raise
-    version = client.create_model_version(name, source=model_uri, run_id=run_id,
-                                          tags={k: str(v) for k, v in (tags or {}).items()},
-                                          model_id=model_id)
-    deadline = time.monotonic() + wait_seconds
-    while version.status == "PENDING_REGISTRATION" and time.monotonic() < deadline:
-        time.sleep(0.5)
-        version = client.get_model_version(name, version.version)
-    if version.status != "READY":
-        raise RegistryError(f"{name} version {version.version} is {version.status}")
-    client.set_registered_model_alias(name, CHALLENGER, version.version)
-    log.info("registered %s version %s (alias %s)", name, version.version, CHALLENGER)
-    return version
-
-
-def load_version(name: str, version: str) -> Any:
-    """Load one registered version with the sklearn flavour (the platform trusts its registry)."""
-    import mlflow.sklearn
-
-    os.environ.setdefault("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")
-    return mlflow.sklearn.load_model(f"models:/{name}/{version}")
-
-
 def decide(challenger_score: float, champion_score: float | None,
            margin: float) -> tuple[bool, str]:
     """Promote only when the challenger beats the champion by more than ``margin``."""
@@ -127,15 +256,15 @@ def decide(challenger_score: float, champion_score: float | None,
 
 
 def gate(client: Any, name: str, version: str, score: Callable[[Any], float], *,
-         metric: str, margin: float, challenger_model: Any | None = None,
+         champion_alias: str, metric: str, margin: float, challenger_model: Any | None = None,
          load: Callable[[str, str], Any] = load_version) -> GateDecision:
-    """Score champion and challenger with ``score(model)``; move ``champion`` if earned.
+    """Score champion and challenger with ``score(model)``; move ``champion_alias`` if earned.
 
     ``score`` maps a loaded model to the primary metric on the current test records (higher
     is better). ``challenger_model`` avoids reloading the just-trained model.
     """
     version = str(version)
-    champion = version_by_alias(client, name, CHAMPION)
+    champion = version_by_alias(client, name, champion_alias)
     challenger_score = float(score(challenger_model if challenger_model is not None
                                    else load(name, version)))
     champion_score: float | None = None
@@ -170,34 +299,36 @@ def gate(client: Any, name: str, version: str, score: Callable[[Any], float], *,
     if promoted:
         if champion_version is not None:
             client.set_model_version_tag(name, version, PREVIOUS_TAG, str(champion_version))
-        client.set_registered_model_alias(name, CHAMPION, version)
-        log.info("%s v%s is the new champion (%s)", name, version, reason)
+        client.set_registered_model_alias(name, champion_alias, version)
+        log.info("%s v%s is the new %s (%s)", name, version, champion_alias, reason)
     else:
         log.info("%s v%s not promoted (%s)", name, version, reason)
     return decision
 
 
-def rollback(client: Any, name: str) -> dict[str, str]:
-    """Move ``champion`` back to the version it replaced (the ``previous_champion`` tag)."""
-    current = version_by_alias(client, name, CHAMPION)
+def rollback(client: Any, name: str, champion_alias: str) -> dict[str, str]:
+    """Move ``champion_alias`` back to the version it replaced (the ``previous_champion`` tag)."""
+    current = version_by_alias(client, name, champion_alias)
     if current is None:
-        raise RegistryError(f"{name} has no champion to roll back")
+        raise RegistryError(f"{name} has no {champion_alias} to roll back")
     previous = (current.tags or {}).get(PREVIOUS_TAG)
     if not previous:
-        raise RegistryError(f"{name} v{current.version} has no previous champion to roll back to")
+        raise RegistryError(f"{name} v{current.version} has no previous {champion_alias} to "
+                            "roll back to")
     client.get_model_version(name, previous)  # fails loudly if it was deleted
-    client.set_registered_model_alias(name, CHAMPION, previous)
+    client.set_registered_model_alias(name, champion_alias, previous)
     client.set_model_version_tag(name, current.version, "rolled_back_to", previous)
     client.set_model_version_tag(name, previous, "restored_from", str(current.version))
-    log.info("%s: champion rolled back from v%s to v%s", name, current.version, previous)
+    log.info("%s: %s rolled back from v%s to v%s", name, champion_alias, current.version,
+             previous)
     return {"name": name, "from_version": str(current.version), "to_version": str(previous)}
 
 
-def describe(client: Any, name: str, alias: str = CHAMPION) -> dict[str, Any] | None:
-    """Version, run and tags of the version ``alias`` points at (None when unset)."""
+def describe(client: Any, name: str, alias: str) -> dict[str, Any] | None:
+    """The card, source, aliases and tags of the version ``alias`` points at (None when unset)."""
     version = version_by_alias(client, name, alias)
     if version is None:
         return None
-    return {"name": name, "alias": alias, "version": str(version.version),
-            "run_id": version.run_id, "source": version.source,
-            "tags": dict(version.tags or {}), "aliases": list(version.aliases or [])}
+    return {**ModelCard.from_version(name, version).as_dict(), "alias": alias,
+            "source": version.source, "aliases": list(version.aliases or []),
+            "tags": dict(version.tags or {})}

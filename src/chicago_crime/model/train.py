@@ -1,23 +1,33 @@
 """Training: from one month's ETL outputs in the lake to a registered, gated model version.
 
-:func:`run_training` is the one code path of the Airflow training DAG and the CLI:
+:func:`run_training` is the one code path of the Airflow training DAG and the CLI; it calls
+one function per phase:
 
-1. **Load** the month's ETL outputs: the fitted feature steps the DAG applied (enricher,
-   outlier handler, encoder, scaler, selector), the scaled-stage train/test sets restricted to
-   the selected features, and the raw records of the same train/test split.
+1. **Load** (:func:`load_month`) the month's ETL outputs: the fitted objects of the stage
+   table's served stages (:mod:`chicago_crime.stages`), the classifier's train/test sets (the
+   training-data stage, restricted to the selected features) and the raw records of the same
+   train/test split.
 2. **Search** (:mod:`chicago_crime.model.tune`): Optuna over model family, hyperparameters and
    in-fold balancing, one nested MLflow run per trial.
 3. **Refit** the best candidate on the full train set inside
    ``CalibratedClassifierCV(cv=3)``: each fold's calibrator is fitted on real, unbalanced
-   held-out rows, which undoes the skew SMOTE gives a balanced model's probabilities.
-4. **Threshold**: best F1 on out-of-fold calibrated probabilities of the train set (each row
-   scored by a classifier *and* a calibrator that never saw it).
-5. **Assemble** the served model ``Pipeline([enrich, outliers, encode, scale, select, clf])``:
-   the first five are the very objects the ETL fitted and stored, so training and serving
-   cannot skew. It takes raw Socrata records and returns calibrated probabilities.
-6. **Evaluate** it on the month's raw test records (:mod:`chicago_crime.model.evaluate`), log it
-   (signature, input example, pinned requirements, skops, ``predict_proba`` pyfunc), register
-   it and let the gate (:mod:`chicago_crime.model.registry`) decide about ``champion``.
+   held-out rows, which undoes the skew SMOTE gives a balanced model's probabilities; the
+   **threshold** is the best F1 on out-of-fold calibrated probabilities of the train set
+   (each row scored by a classifier *and* a calibrator that never saw it).
+4. **Assemble** the served model ``Pipeline([enrich, outliers, encode, scale, select, clf])``:
+   the served stages' fitted objects are the very objects the ETL stored, so training and
+   serving cannot skew. It takes raw records and returns calibrated probabilities.
+5. **Evaluate** it on the month's raw test records (:mod:`chicago_crime.model.evaluate`).
+6. **Log** it (signature, input example, pinned requirements, skops with the package's trusted
+   types, ``predict_proba`` pyfunc), **register** it with its model card
+   (:class:`~chicago_crime.model.registry.ModelCard`, the one record of threshold, features
+   and window) and let the gate decide about the champion alias.
+
+The logged model ships no code (``code_paths`` is empty): loading it needs the
+``chicago-crime`` package installed, as it is in the API, the Airflow images and the venv.
+Shipping the package with every model would put a second, older copy of it on ``sys.path``
+of the process that loads the model (MLflow prepends a model's code and drops the modules it
+shadows), i.e. the API would run half on the model's copy.
 """
 
 from __future__ import annotations
@@ -28,7 +38,7 @@ import math
 import re
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -42,29 +52,22 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import Pipeline
 
 import chicago_crime
-from chicago_crime import etl, layout
+from chicago_crime import etl, layout, serialization, stages
 from chicago_crime import record as R
 from chicago_crime.config import Settings, get_settings
 from chicago_crime.lake import Lake
 from chicago_crime.model import evaluate as ev
 from chicago_crime.model import registry, tune
+from chicago_crime.model.registry import ModelCard
 
 log = logging.getLogger(__name__)
 
-#: Fitted ETL steps of the served pipeline: (pipeline step name, ETL stage, file name).
-SERVED_STEPS: tuple[tuple[str, str, str], ...] = (
-    ("outliers", "outliers", etl.FITTED_NAMES["outliers"]),
-    ("encode", "encoded", etl.FITTED_NAMES["encoded"]),
-    ("scale", "scaled", etl.FITTED_NAMES["scaled"]),
-    ("select", "features", etl.FITTED_NAMES["features"]),
-)
-#: Libraries the served model needs at load time (pinned from requirements.lock).
+#: Libraries the served model needs at load time (pinned from requirements.lock), besides the
+#: ``chicago-crime`` package itself.
 MODEL_REQUIREMENTS: tuple[str, ...] = (
     "scikit-learn", "imbalanced-learn", "pandas", "numpy", "scipy", "geopandas", "shapely",
     "pyproj", "skops", "mlflow",
 )
-#: Modules whose classes may appear in the logged model (skops trusted types are checked).
-TRUSTED_MODULE_PREFIXES: tuple[str, ...] = ("chicago_crime.", "sklearn.", "imblearn.")
 CALIBRATION_FOLDS = 3
 #: Isotonic calibration needs enough rows per fold; below this many train rows use sigmoid.
 ISOTONIC_MIN_ROWS = 15_000
@@ -111,38 +114,33 @@ def _require(lake: Lake, key: str) -> str:
 
 
 def load_month(month: str, lake: Lake, settings: Settings) -> MonthData:
-    """Read the fitted steps, the scaled-stage data and the raw split of ``month``."""
-    keys = {"enrich": _require(lake, etl.enricher_key(month))}
-    steps: list[tuple[str, Any]] = [("enrich", lake.read_object(keys["enrich"]))]
-    for name, stage, filename in SERVED_STEPS:
-        keys[name] = _require(lake, layout.stage_key(month, stage, filename))
-        steps.append((name, lake.read_object(keys[name])))
-    selector = steps[-1][1]
-    features = [str(c) for c in selector.selected_]
+    """Read the served stages' fitted objects, the training data and the raw split of
+    ``month``."""
+    keys = {s.name: _require(lake, layout.fitted_key(month, s.name)) for s in stages.served()}
+    steps = [(name, lake.read_object(key)) for name, key in keys.items()]
+    features = [str(c) for c in steps[-1][1].get_feature_names_out()]
+    data_stage = stages.training_data().name
     for part in ("train", "test"):
-        keys[f"scaled_{part}"] = _require(lake, layout.stage_key(month, "scaled",
-                                                                 f"{part}.parquet"))
-        keys[f"split_{part}"] = _require(lake, layout.stage_key(month, "split",
-                                                                f"{part}.parquet"))
+        keys[f"{part}_data"] = _require(lake, layout.data_key(month, data_stage, part))
+    keys["split_test"] = _require(lake, layout.data_key(month, stages.SPLIT, "test"))
     keys["window"] = _require(lake, layout.window_key(month))
-    scaled_train = lake.read_parquet(keys["scaled_train"])
-    scaled_test = lake.read_parquet(keys["scaled_test"])
+    train = lake.read_parquet(keys["train_data"])
+    test = lake.read_parquet(keys["test_data"])
     split_test_ids = lake.read_parquet(keys["split_test"])[etl.ID_COL].astype(str)
     raw = etl.split_raw_window(month, lake, settings)
     if raw is None:
         raise TrainingDataMissing(f"raw window or split of {month} missing")
     raw_train, raw_test = raw
-    # the raw test records in the order of the scaled test set (the split stage's order)
+    # the raw test records in the order of the test set (the split stage's order)
     raw_test = raw_test.set_index(raw_test[etl.ID_COL].astype(str)).loc[split_test_ids]
     raw_test = raw_test.reset_index(drop=True)
-    y_test = scaled_test[R.TARGET].astype(bool).to_numpy().astype(int)
-    raw_y = R.labels(raw_test)
-    if len(raw_test) != len(scaled_test) or not np.array_equal(raw_y, y_test):
-        raise ValueError(f"{month}: raw test records do not line up with the scaled test set")
+    y_test = test[R.TARGET].astype(bool).to_numpy().astype(int)
+    if len(raw_test) != len(test) or not np.array_equal(R.labels(raw_test), y_test):
+        raise ValueError(f"{month}: raw test records do not line up with the test set")
     return MonthData(
         month=month, steps=steps, features=features,
-        X_train=scaled_train[features], y_train=scaled_train[R.TARGET].astype(int).to_numpy(),
-        X_test=scaled_test[features], y_test=y_test, raw_train=raw_train, raw_test=raw_test,
+        X_train=train[features], y_train=train[R.TARGET].astype(int).to_numpy(),
+        X_test=test[features], y_test=y_test, raw_train=raw_train, raw_test=raw_test,
         keys=keys,
     )
 
@@ -191,11 +189,8 @@ def fit_calibrated(params: dict[str, Any], X: pd.DataFrame, y: np.ndarray, seed:
 
 
 def assemble(steps: list[tuple[str, Any]], classifier: Any) -> Pipeline:
-    """The served model: the ETL's fitted steps followed by the calibrated classifier.
-
-    The steps serialise with skops as they are (the enricher saves its station table as plain
-    data, see ``features.CrimeEnricher.__getstate__``).
-    """
+    """The served model: the ETL's fitted steps (named like their stages) followed by the
+    calibrated classifier."""
     return Pipeline([*steps, ("clf", classifier)])
 
 
@@ -226,18 +221,6 @@ def pip_requirements(names: tuple[str, ...] = MODEL_REQUIREMENTS) -> list[str]:
     return out
 
 
-def skops_trusted_types(model: Any) -> list[str]:
-    """Types skops must be told to trust to load ``model``; only the project's own classes and
-    scikit-learn / imbalanced-learn internals are acceptable."""
-    import skops.io
-
-    untrusted = sorted(skops.io.get_untrusted_types(data=skops.io.dumps(model)))
-    unexpected = [t for t in untrusted if not t.startswith(TRUSTED_MODULE_PREFIXES)]
-    if unexpected:
-        raise TypeError(f"the model contains types that should not be trusted: {unexpected}")
-    return untrusted
-
-
 def example_records(raw: pd.DataFrame, n: int = EXAMPLE_RECORDS) -> list[dict[str, Any]]:
     """A few records exactly as the SODA API returns them (strings, JSON booleans, missing
     fields omitted), including one without coordinates when there is one."""
@@ -263,10 +246,29 @@ def optional_inputs(signature: Any, required: tuple[str, ...] = R.MODEL_REQUIRED
 
 
 # --------------------------------------------------------------------------------------------
-# the training run
+# the training run: one function per phase
 # --------------------------------------------------------------------------------------------
 def _finite(metrics: dict[str, float]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(v)}
+
+
+@dataclass
+class FinalModel:
+    """The refitted, calibrated classifier and the threshold chosen on its out-of-fold
+    probabilities."""
+
+    classifier: CalibratedClassifierCV
+    threshold: float
+
+
+@dataclass
+class Evaluation:
+    """The served model on the month's raw test records."""
+
+    inputs: pd.DataFrame
+    probabilities: np.ndarray
+    metrics: dict[str, float]
+    baseline_metrics: dict[str, float]
 
 
 def run_training(month: str, settings: Settings | None = None, lake: Lake | None = None, *,
@@ -279,142 +281,163 @@ def run_training(month: str, settings: Settings | None = None, lake: Lake | None
     scores and the test metrics.
     """
     import mlflow
-    from mlflow.models import infer_signature
 
     settings = settings or get_settings()
     lake = lake or Lake(settings=settings)
-    seed = settings.random_seed
     started = time.perf_counter()
     data = load_month(month, lake, settings)
-    window_start, window_end = data.window
     n_trials = trials if trials is not None else settings.search_trials
     budget = timeout if timeout is not None else settings.search_timeout_seconds
-
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     mlflow.set_registry_uri(settings.mlflow_tracking_uri)
     mlflow.set_experiment(settings.search_experiment)
-    client = registry.client_for(settings)
-    with mlflow.start_run(run_name=f"train-{month}") as parent:
-        run_id = parent.info.run_id
-        uris = {f"lake_{k}": lake.uri(v) for k, v in data.keys.items()}
-        mlflow.set_tags({"kind": "training", "month": month, "window_start": window_start,
-                         "window_end": window_end, "features": json.dumps(data.features),
-                         **uris})
-        mlflow.log_params({
-            "month": month, "window_start": window_start, "window_end": window_end,
-            "features": json.dumps(data.features), "n_features": len(data.features),
-            "train_rows": len(data.X_train), "test_rows": len(data.X_test), "seed": seed,
-            "cv_folds": settings.cv_folds, "search_trials": n_trials,
-            "search_timeout_seconds": budget, "search_max_rows": search_max_rows,
-            "primary_metric": settings.primary_metric,
-            "promotion_margin": settings.promotion_margin,
-        })
-        _log_inputs(data, lake)
-
+    with mlflow.start_run(run_name=f"train-{month}") as run:
+        _log_setup(data, lake, settings, n_trials=n_trials, budget=budget,
+                   search_max_rows=search_max_rows)
         search = tune.run_search(data.X_train, data.y_train, n_trials=n_trials, timeout=budget,
-                                 folds=settings.cv_folds, seed=seed, max_rows=search_max_rows)
-        mlflow.log_params({f"best_{k}": v for k, v in search.best_params.items()})
-        mlflow.log_metrics(_finite({"search_trials_completed": search.n_trials,
-                                    "search_seconds": search.seconds,
-                                    **{f"cv_best_{k}": v for k, v in search.best_cv.items()}}))
-        mlflow.log_table(pd.DataFrame(search.trials), "search/trials.json")
-
-        fit_started = time.perf_counter()
-        calibrated, oof = fit_calibrated(search.best_params, data.X_train, data.y_train, seed)
-        threshold, _ = ev.best_f1_threshold(data.y_train, oof)
-        mlflow.log_param("calibration", calibrated.method)
-        mlflow.log_metrics(_finite({
-            "threshold": threshold, "fit_seconds": time.perf_counter() - fit_started,
-            **{f"val_{k}": v for k, v in ev.binary_metrics(data.y_train, oof, threshold).items()},
-        }))
-
-        model = assemble(data.steps, calibrated)
-        raw_test = R.model_frame(data.raw_test)
-        p_test = model.predict_proba(raw_test)[:, 1]
-        p_direct = calibrated.predict_proba(data.X_test)[:, 1]
-        consistency = float(np.max(np.abs(p_test - p_direct))) if len(p_test) else 0.0
-        baseline = ev.IucrRateBaseline().fit(data.raw_train, R.labels(data.raw_train))
-        p_base = baseline.predict_proba(data.raw_test)[:, 1]
-        importance = ev.permutation_importance_frame(calibrated, data.X_test, data.y_test,
-                                                     seed=seed, max_rows=importance_rows)
-        with tempfile.TemporaryDirectory() as tmp:
-            test_metrics = ev.write_report(
-                tmp, data.y_test, p_test, threshold,
-                groups=[R.norm_text(v) for v in data.raw_test["primary_type"]],
-                baseline=p_base, importance=importance,
-                extra={"month": month, "calibration": calibrated.method})
-            mlflow.log_artifacts(tmp, "evaluation")
-        base_metrics = ev.binary_metrics(data.y_test, p_base, threshold)
-        mlflow.log_metrics(_finite({
-            **{f"test_{k}": v for k, v in test_metrics.items()},
-            **{f"baseline_test_{k}": v for k, v in base_metrics.items()},
-            "pipeline_consistency_max_abs_diff": consistency,
-        }))
-        if consistency > 1e-6:
-            log.warning("served pipeline differs from the stage data by %.3g", consistency)
-
-        records = example_records(data.raw_test)
-        example = R.model_frame(records)
-        signature = optional_inputs(infer_signature(example, model.predict_proba(example)))
-        info = mlflow.sklearn.log_model(
-            model, name="model", signature=signature, input_example=example,
-            pip_requirements=pip_requirements(),
-            code_paths=[str(Path(chicago_crime.__file__).resolve().parent)],
-            skops_trusted_types=skops_trusted_types(model),
-            pyfunc_predict_fn="predict_proba",
-            metadata={"threshold": threshold, "month": month, "features": data.features},
-        )
-        check = example_records(data.raw_test, SERVING_CHECK_RECORDS)
-        mlflow.log_dict({"records": check, "probabilities":
-                         model.predict_proba(R.model_frame(check))[:, 1].tolist()},
-                        SERVING_CHECK_ARTIFACT)
-
-        tags = {"threshold": f"{threshold:.6f}", "month": month, "window_start": window_start,
-                "window_end": window_end, "features": json.dumps(data.features),
-                "calibration": calibrated.method, "model_family": search.best_params["model"],
-                "balanced": str(bool(search.best_params.get("balance"))).lower(),
-                f"test_{settings.primary_metric}": f"{test_metrics[settings.primary_metric]:.6f}"}
-        version = registry.register(client, settings.model_name, info.model_uri, run_id,
-                                     model_id=info.model_id, tags=tags)
-        y_test, metric = data.y_test, settings.primary_metric
-
-        def score(candidate: Any) -> float:
-            return ev.gate_score(metric, y_test, candidate.predict_proba(raw_test)[:, 1])
-
-        decision = registry.gate(client, settings.model_name, version.version, score,
-                                 metric=metric, margin=settings.promotion_margin,
-                                 challenger_model=model)
-        mlflow.set_tags({"registered_version": str(version.version),
-                         "gate_decision": "promoted" if decision.promoted else "kept_champion"})
+                                 folds=settings.cv_folds, seed=settings.random_seed,
+                                 max_rows=search_max_rows)
+        _log_search(search)
+        final = _fit_final(data, search.best_params, settings.random_seed)
+        model = assemble(data.steps, final.classifier)
+        evaluation = _evaluate(model, final, data, settings.random_seed, importance_rows)
+        window_start, window_end = data.window
+        card = ModelCard(
+            name=settings.model_name, run_id=run.info.run_id, threshold=final.threshold,
+            features=tuple(data.features), month=month, window_start=window_start,
+            window_end=window_end, metrics=_finite(evaluation.metrics),
+            calibration=final.classifier.method, model_family=search.best_params["model"],
+            balanced=bool(search.best_params.get("balance")))
+        card, decision = _register(model, card, data, evaluation, settings)
         mlflow.log_metric("train_seconds", time.perf_counter() - started)
-
     return {
-        "month": month, "run_id": run_id, "model_name": settings.model_name,
-        "version": str(version.version), "promoted": decision.promoted,
-        "reason": decision.reason, "champion_version": decision.champion_version,
+        "month": month, "run_id": card.run_id, "model_name": card.name,
+        "version": card.version, "promoted": decision.promoted, "reason": decision.reason,
+        "champion_version": decision.champion_version,
         "challenger_score": decision.challenger_score,
-        "champion_score": decision.champion_score, "threshold": threshold,
+        "champion_score": decision.champion_score, "threshold": final.threshold,
         "best_params": search.best_params, "trials": search.n_trials,
         "search_seconds": search.seconds,
-        "metrics": {k: round(v, 6) for k, v in _finite(test_metrics).items()},
-        "baseline_metrics": {k: round(v, 6) for k, v in _finite(base_metrics).items()},
+        "metrics": {k: round(v, 6) for k, v in _finite(evaluation.metrics).items()},
+        "baseline_metrics": {k: round(v, 6)
+                             for k, v in _finite(evaluation.baseline_metrics).items()},
         "seconds": round(time.perf_counter() - started, 1),
     }
 
 
-def _log_inputs(data: MonthData, lake: Lake) -> None:
-    """Dataset lineage: the lake objects the model was trained and evaluated on."""
+def _log_setup(data: MonthData, lake: Lake, settings: Settings, *, n_trials: int,
+               budget: float, search_max_rows: int | None) -> None:
+    """The run's configuration (params), lineage (lake URIs as tags, dataset inputs)."""
     import mlflow
 
-    train = data.X_train.assign(**{R.TARGET: data.y_train.astype(bool)})
-    test = data.X_test.assign(**{R.TARGET: data.y_test.astype(bool)})
-    mlflow.log_input(mlflow.data.from_pandas(
-        train, source=lake.uri(data.keys["scaled_train"]), targets=R.TARGET,
-        name=f"scaled-train-{data.month}"), context="training")
-    mlflow.log_input(mlflow.data.from_pandas(
-        test, source=lake.uri(data.keys["scaled_test"]), targets=R.TARGET,
-        name=f"scaled-test-{data.month}"), context="testing")
-    mlflow.log_input(mlflow.data.from_pandas(
-        R.model_frame(data.raw_test).assign(**{R.TARGET: data.y_test.astype(bool)}),
-        source=lake.uri(data.keys["split_test"]), targets=R.TARGET,
-        name=f"raw-test-{data.month}"), context="evaluation")
+    mlflow.set_tags({"kind": "training", "month": data.month,
+                     **{f"lake_{k}": lake.uri(v) for k, v in data.keys.items()}})
+    mlflow.log_params({
+        "month": data.month, "n_features": len(data.features), "train_rows": len(data.X_train),
+        "test_rows": len(data.X_test), "seed": settings.random_seed,
+        "cv_folds": settings.cv_folds, "search_trials": n_trials,
+        "search_timeout_seconds": budget, "search_max_rows": search_max_rows,
+        "primary_metric": settings.primary_metric,
+        "promotion_margin": settings.promotion_margin,
+    })
+    y_train, y_test = data.y_train.astype(bool), data.y_test.astype(bool)
+    for frame, key, name, context in (
+            (data.X_train.assign(**{R.TARGET: y_train}), "train_data", "train", "training"),
+            (data.X_test.assign(**{R.TARGET: y_test}), "test_data", "test", "testing"),
+            (R.model_frame(data.raw_test).assign(**{R.TARGET: y_test}), "split_test",
+             "raw-test", "evaluation")):
+        mlflow.log_input(mlflow.data.from_pandas(
+            frame, source=lake.uri(data.keys[key]), targets=R.TARGET,
+            name=f"{name}-{data.month}"), context=context)
+
+
+def _log_search(search: tune.SearchResult) -> None:
+    import mlflow
+
+    mlflow.log_params({f"best_{k}": v for k, v in search.best_params.items()})
+    mlflow.log_metrics(_finite({"search_trials_completed": search.n_trials,
+                                "search_seconds": search.seconds,
+                                **{f"cv_best_{k}": v for k, v in search.best_cv.items()}}))
+    mlflow.log_table(pd.DataFrame(search.trials), "search/trials.json")
+
+
+def _fit_final(data: MonthData, params: dict[str, Any], seed: int) -> FinalModel:
+    """Refit the best candidate with calibration; choose the threshold out of fold."""
+    import mlflow
+
+    started = time.perf_counter()
+    calibrated, oof = fit_calibrated(params, data.X_train, data.y_train, seed)
+    threshold, _ = ev.best_f1_threshold(data.y_train, oof)
+    mlflow.log_param("calibration", calibrated.method)
+    mlflow.log_metrics(_finite({
+        "fit_seconds": time.perf_counter() - started,
+        **{f"val_{k}": v for k, v in ev.binary_metrics(data.y_train, oof, threshold).items()},
+    }))
+    return FinalModel(calibrated, threshold)
+
+
+def _evaluate(model: Pipeline, final: FinalModel, data: MonthData, seed: int,
+              importance_rows: int) -> Evaluation:
+    """Test metrics of the served model on raw records, plots, per-type metrics, importance
+    and the IUCR-rate baseline (logged under ``evaluation/``)."""
+    import mlflow
+
+    inputs = R.model_frame(data.raw_test)
+    p_test = model.predict_proba(inputs)[:, 1]
+    p_direct = final.classifier.predict_proba(data.X_test)[:, 1]
+    consistency = float(np.max(np.abs(p_test - p_direct))) if len(p_test) else 0.0
+    if consistency > 1e-6:
+        log.warning("served pipeline differs from the stage data by %.3g", consistency)
+    baseline = ev.IucrRateBaseline().fit(data.raw_train, R.labels(data.raw_train))
+    p_base = baseline.predict_proba(data.raw_test)[:, 1]
+    importance = ev.permutation_importance_frame(final.classifier, data.X_test, data.y_test,
+                                                 seed=seed, max_rows=importance_rows)
+    with tempfile.TemporaryDirectory() as tmp:
+        metrics = ev.write_report(
+            tmp, data.y_test, p_test, final.threshold,
+            groups=[R.norm_text(v) for v in data.raw_test["primary_type"]],
+            baseline=p_base, importance=importance,
+            extra={"month": data.month, "calibration": final.classifier.method})
+        mlflow.log_artifacts(tmp, "evaluation")
+    base_metrics = ev.binary_metrics(data.y_test, p_base, final.threshold)
+    mlflow.log_metrics(_finite({
+        **{f"test_{k}": v for k, v in metrics.items()},
+        **{f"baseline_test_{k}": v for k, v in base_metrics.items()},
+        "pipeline_consistency_max_abs_diff": consistency,
+    }))
+    return Evaluation(inputs, p_test, metrics, base_metrics)
+
+
+def _register(model: Pipeline, card: ModelCard, data: MonthData, evaluation: Evaluation,
+              settings: Settings) -> tuple[ModelCard, registry.GateDecision]:
+    """Log the model, register it with its card and run the gate."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    serialization.check_trusted(model)
+    example = R.model_frame(example_records(data.raw_test))
+    signature = optional_inputs(infer_signature(example, model.predict_proba(example)))
+    info = mlflow.sklearn.log_model(
+        model, name="model", signature=signature, input_example=example,
+        pip_requirements=pip_requirements(), skops_trusted_types=serialization.trusted_types(),
+        pyfunc_predict_fn="predict_proba",
+    )
+    check = example_records(data.raw_test, SERVING_CHECK_RECORDS)
+    mlflow.log_dict({"records": check, "probabilities":
+                     model.predict_proba(R.model_frame(check))[:, 1].tolist()},
+                    SERVING_CHECK_ARTIFACT)
+    client = registry.client_for(settings)
+    version = registry.register(client, card.name, info.model_uri, str(card.run_id), card,
+                                model_id=info.model_id)
+    card = replace(card, version=str(version.version))
+    metric, y_test = settings.primary_metric, data.y_test
+
+    def score(candidate: Any) -> float:
+        return ev.gate_score(metric, y_test, candidate.predict_proba(evaluation.inputs)[:, 1])
+
+    decision = registry.gate(client, card.name, card.version, score,
+                             champion_alias=settings.champion_alias, metric=metric,
+                             margin=settings.promotion_margin, challenger_model=model)
+    mlflow.set_tags({"registered_version": card.version,
+                     "gate_decision": "promoted" if decision.promoted else "kept_champion"})
+    return card, decision

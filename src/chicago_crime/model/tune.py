@@ -10,7 +10,7 @@ The search space:
 
 * ``model``: ``hgb`` (``HistGradientBoostingClassifier``: learning rate, iterations, leaves,
   minimum leaf size, L2) or ``logreg`` (``LogisticRegression``: ``C``);
-* ``balance``: SMOTE + under-sampling (``features.make_balancer``) in the folds, or none.
+* ``balance``: SMOTE + under-sampling (``features.SmoteUnderSampler``) in the folds, or none.
 
 The objective is the mean CV ROC AUC (ranking quality); probability quality comes from the
 calibration step the trainer adds afterwards. The first trial is a fixed, sensible default
@@ -104,7 +104,7 @@ def build_candidate(params: dict[str, Any], seed: int = 0) -> ImbPipeline:
     """``[("balance", sampler)?, ("clf", model)]``: the sampler acts in ``fit`` only."""
     steps: list[tuple[str, Any]] = []
     if params.get("balance"):
-        steps.append(("balance", F.make_balancer(seed)))
+        steps.append(("balance", F.SmoteUnderSampler(random_state=seed)))
     steps.append(("clf", build_model(params, seed)))
     return ImbPipeline(steps)
 

@@ -24,9 +24,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from chicago_crime import __version__
 from chicago_crime import record as R
 from chicago_crime.config import Settings, get_settings
-from chicago_crime.serve.metrics import MetricsMiddleware, ServerMetrics
+from chicago_crime.serve.metrics import ServerMetrics, instrument
 from chicago_crime.serve.model_store import ModelStore
-from chicago_crime.serve.routes import build_router
+from chicago_crime.serve.routes import ROUTERS
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +130,26 @@ async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": "internal server error"}, status_code=500)
 
 
+def _openapi_with_limits(app: FastAPI, settings: Settings) -> Any:
+    """The app's OpenAPI schema with this server's batch limit on ``records`` (the routers are
+    module-level; the limit is enforced per request by ``deps.BatchDep``)."""
+    from fastapi.openapi.utils import get_openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version,
+                                 description=app.description, routes=app.routes,
+                                 tags=app.openapi_tags)
+            records = schema["components"]["schemas"]["BatchRequest"]["properties"]["records"]
+            records["maxItems"] = settings.max_batch_records
+            records["description"] = (f"1 to {settings.max_batch_records} records, scored "
+                                      "in order.")
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    return openapi
+
+
 def create_app(settings: Settings | None = None, store: ModelStore | None = None) -> FastAPI:
     """The model server. ``store`` defaults to a ``ModelStore`` on ``settings``' registry."""
     settings = settings or get_settings()
@@ -174,10 +194,13 @@ def create_app(settings: Settings | None = None, store: ModelStore | None = None
     app.state.settings = settings
     app.state.store = store
     app.state.metrics = metrics
-    app.include_router(build_router(settings))
+    for router in ROUTERS:
+        app.include_router(router)
+    app.openapi = _openapi_with_limits(app, settings)  # type: ignore[method-assign]
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(Exception, unexpected_error)
-    app.mount("/static", StaticFiles(directory=str(files("chicago_crime.serve") / "static")),
+    # Swagger UI's assets from the fastapi-offline package: /docs works without internet.
+    app.mount("/static", StaticFiles(directory=str(files("fastapi_offline") / "static")),
               name="static")
 
     @app.get("/docs", include_in_schema=False)
@@ -187,7 +210,7 @@ def create_app(settings: Settings | None = None, store: ModelStore | None = None
             title=f"{app.title} - docs",
             swagger_js_url="/static/swagger-ui-bundle.js",
             swagger_css_url="/static/swagger-ui.css",
-            swagger_favicon_url="/static/favicon-32x32.png",
+            swagger_favicon_url="/static/favicon.png",
         )
 
     @app.get("/", include_in_schema=False)
@@ -195,7 +218,7 @@ def create_app(settings: Settings | None = None, store: ModelStore | None = None
         return RedirectResponse("/docs")
 
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    instrument(app, metrics)  # outermost: counts 413s and 422s too
     return app
 
 

@@ -1,12 +1,15 @@
-"""Prometheus metrics of the model server and the ASGI middleware that records them.
+"""Prometheus metrics of the model server.
 
-Each app gets its own ``CollectorRegistry`` (several apps can live in one test process).
-Endpoints are labelled by route template (``/predict``), never by raw path, to bound cardinality.
+HTTP metrics (``http_requests_total{handler,method,status}``,
+``http_request_duration_seconds{handler,method}``, request/response sizes) come from
+``prometheus-fastapi-instrumentator``, labelled by route template (``/predict``), never by raw
+path. The model's own metrics (predictions per class, batch sizes, the served version, registry
+reachability) are declared here. Each app gets its own ``CollectorRegistry`` (several apps can
+live in one test process).
 """
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from prometheus_client import (
@@ -17,7 +20,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from prometheus_fastapi_instrumentator import Instrumentator
 
 LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -29,14 +32,6 @@ class ServerMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "http_requests_total", "HTTP requests by endpoint, method and status code.",
-            ["endpoint", "method", "status"], registry=self.registry,
-        )
-        self.latency = Histogram(
-            "http_request_duration_seconds", "Request latency by endpoint and method.",
-            ["endpoint", "method"], buckets=LATENCY_BUCKETS, registry=self.registry,
-        )
         self.predictions = Counter(
             "predictions_total", "Records scored, by predicted class.",
             ["model_version", "arrest"], registry=self.registry,
@@ -86,30 +81,7 @@ class ServerMetrics:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
-class MetricsMiddleware:
-    """Counts requests and measures latency per route template (pure ASGI, low overhead)."""
-
-    def __init__(self, app: ASGIApp, metrics: ServerMetrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        status = [500]
-
-        async def send_wrapper(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            route: Any = scope.get("route")
-            endpoint = getattr(route, "path", None) or "unmatched"
-            method = scope.get("method", "")
-            self.metrics.requests.labels(endpoint, method, str(status[0])).inc()
-            self.metrics.latency.labels(endpoint, method).observe(time.perf_counter() - start)
+def instrument(app: Any, metrics: ServerMetrics) -> None:
+    """Count requests and measure latency per route template into ``metrics.registry``."""
+    Instrumentator(should_group_status_codes=False, registry=metrics.registry).instrument(
+        app, latency_lowr_buckets=LATENCY_BUCKETS)

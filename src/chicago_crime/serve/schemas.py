@@ -253,14 +253,14 @@ class BatchPrediction(BaseModel):
 
 
 class TrainingWindow(BaseModel):
-    """Period of the data the model was trained on (as logged by training)."""
+    """Period of the data the model was trained on (from the model card)."""
 
     start: str | None = None
     end: str | None = None
 
 
 class ModelInfo(BaseModel):
-    """Metadata of the served model version."""
+    """The served model version and its model card."""
 
     name: str
     version: str
@@ -268,10 +268,12 @@ class ModelInfo(BaseModel):
     run_id: str | None
     source: str
     threshold: float
-    threshold_source: str = Field(description="version tag, run metric, run param or default.")
+    threshold_source: Literal["model card", "default"] = Field(
+        description="model card, or default (0.5) for a version registered without one.")
     metrics: dict[str, float]
     features: list[str] | None
     training_window: TrainingWindow
+    month: str | None = Field(None, description="The ETL month the version was trained on.")
     predictor: Literal["fast", "pandas"]
     loaded_at: datetime
     version_tags: dict[str, str]

@@ -1,0 +1,113 @@
+"""Fitted objects as bytes: skops (no pickle), trusting only the types listed here.
+
+Every fitted object the platform stores (the ETL's fitted stages in the lake; the served model
+in MLflow, which passes :func:`trusted_types` to ``skops_trusted_types``) is saved with skops,
+whose loader refuses any type it was not told to trust. The trusted types are declared in this
+module's code, never read from the artifact being loaded: the project's own estimators (the
+classes the stage table names, :mod:`chicago_crime.stages`) and the scikit-learn/imblearn
+internals a fitted pipeline holds. :func:`dumps` refuses to save an object whose types
+:func:`loads` would refuse, so a new type fails when it is written, not when it is served.
+
+skops writes a zip whose member names and ``__id__`` fields are memory addresses and whose
+timestamps are the current time, so the same object gives different bytes on every call.
+:func:`dumps` renumbers both in order of appearance and fixes the timestamps: the same fitted
+object gives the same bytes, and the ETL's reruns leave the lake's objects (and ETags)
+unchanged.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from typing import Any
+
+#: Library types a fitted pipeline of the platform holds that skops does not trust by default.
+LIBRARY_TYPES: tuple[str, ...] = (
+    "imblearn.pipeline.Pipeline",
+    "sklearn.calibration._CalibratedClassifier",
+    "sklearn.calibration._SigmoidCalibration",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    "sklearn.model_selection._split.StratifiedKFold",
+)
+_FIXED_TIME = (1980, 1, 1, 0, 0, 0)
+
+
+class UntrustedTypeError(TypeError):
+    """An object holds types :func:`loads` would refuse."""
+
+
+def trusted_types() -> list[str]:
+    """The types skops may load: the stage table's estimators and :data:`LIBRARY_TYPES`."""
+    from chicago_crime.stages import STAGES
+
+    own = [f"chicago_crime.features.{s.estimator}" for s in STAGES if s.estimator]
+    return sorted({*own, *LIBRARY_TYPES})
+
+
+def untrusted(data: bytes) -> list[str]:
+    """Types in a skops blob that :func:`trusted_types` does not cover."""
+    import skops.io
+
+    return sorted(set(skops.io.get_untrusted_types(data=data)) - set(trusted_types()))
+
+
+def check_trusted(obj: Any) -> None:
+    """Raise :class:`UntrustedTypeError` if ``obj`` holds a type :func:`loads` refuses."""
+    import skops.io
+
+    unexpected = untrusted(skops.io.dumps(obj))
+    if unexpected:
+        raise UntrustedTypeError(
+            f"{type(obj).__name__} holds types that are not trusted: {unexpected}; add them to "
+            "chicago_crime.serialization.LIBRARY_TYPES only if they are safe to load")
+
+
+def _canonical(blob: bytes) -> bytes:
+    """The skops zip with memory ids renumbered and fixed timestamps (see the module doc)."""
+    source = zipfile.ZipFile(io.BytesIO(blob))
+    schema = json.loads(source.read("schema.json"))
+    ids: dict[Any, int] = {}
+    files: dict[str, str] = {}
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if "__id__" in node:
+                node["__id__"] = ids.setdefault(node["__id__"], len(ids))
+            if isinstance(node.get("file"), str):
+                name = node["file"]
+                files.setdefault(name, f"{len(files)}{name[name.rfind('.'):]}")
+                node["file"] = files[name]
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(schema)
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6) as target:
+        for old, new in sorted(files.items(), key=lambda kv: kv[1]):
+            target.writestr(zipfile.ZipInfo(new, _FIXED_TIME), source.read(old),
+                            compress_type=zipfile.ZIP_DEFLATED)
+        target.writestr(zipfile.ZipInfo("schema.json", _FIXED_TIME),
+                        json.dumps(schema, indent=1), compress_type=zipfile.ZIP_DEFLATED)
+    return out.getvalue()
+
+
+def dumps(obj: Any) -> bytes:
+    """``obj`` as deterministic skops bytes; refuses types :func:`loads` would not load."""
+    import skops.io
+
+    blob = skops.io.dumps(obj)
+    unexpected = untrusted(blob)
+    if unexpected:
+        raise UntrustedTypeError(f"{type(obj).__name__} holds untrusted types: {unexpected}")
+    return _canonical(blob)
+
+
+def loads(data: bytes) -> Any:
+    """An object saved by :func:`dumps` (or any skops blob holding only trusted types)."""
+    import skops.io
+
+    return skops.io.loads(data, trusted=trusted_types())

@@ -1,0 +1,69 @@
+"""Fitted objects as skops bytes: deterministic, loaded only with the package's trusted types."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import skops.io
+from sklearn.base import BaseEstimator
+from sklearn.preprocessing import StandardScaler
+
+from chicago_crime import serialization, stages
+from chicago_crime.features import CrimeEncoder, RecordScaler
+
+
+class Gadget(BaseEstimator):
+    """A type nobody declared trusted."""
+
+    def __init__(self, value: int = 1) -> None:
+        self.value = value
+
+
+SCRIPT = """
+import sys
+import numpy as np
+from chicago_crime import serialization
+from chicago_crime.features import RecordScaler
+rng = np.random.default_rng(0)
+scaler = RecordScaler().fit(rng.normal(size=(50, 3)))
+sys.stdout.buffer.write(serialization.dumps([scaler, scaler]))
+"""
+
+
+def test_the_same_object_gives_the_same_bytes_in_every_process():
+    runs = [subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, check=True,
+                           timeout=120).stdout for _ in range(2)]
+    assert runs[0] == runs[1] and runs[0][:2] == b"PK"
+    first, second = serialization.loads(runs[0])
+    assert first is second  # shared references survive the renumbering
+    assert isinstance(first, RecordScaler) and first.mean_.shape == (3,)
+
+
+def test_round_trip_keeps_the_fitted_state():
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(200, 4))
+    scaler = RecordScaler().fit(X)
+    loaded = serialization.loads(serialization.dumps(scaler))
+    np.testing.assert_array_equal(loaded.transform(X).to_numpy(), scaler.transform(X).to_numpy())
+    assert isinstance(StandardScaler().fit(X), StandardScaler)
+
+
+def test_untrusted_types_are_refused_when_saving_and_when_loading():
+    with pytest.raises(serialization.UntrustedTypeError, match="Gadget"):
+        serialization.dumps(Gadget())
+    with pytest.raises(serialization.UntrustedTypeError, match="Gadget"):
+        serialization.check_trusted([Gadget()])
+    crafted = skops.io.dumps(Gadget())  # as an attacker would write it: loading must refuse
+    with pytest.raises(Exception, match="Gadget"):
+        serialization.loads(crafted)
+
+
+def test_trusted_types_come_from_the_package_not_the_artifact():
+    trusted = serialization.trusted_types()
+    own = {f"chicago_crime.features.{s.estimator}" for s in stages.STAGES if s.estimator}
+    assert own <= set(trusted) and set(serialization.LIBRARY_TYPES) <= set(trusted)
+    assert not any(t.startswith("tests.") or "Gadget" in t for t in trusted)
+    assert "chicago_crime.features.CrimeEncoder" in trusted and CrimeEncoder
