@@ -26,6 +26,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder
 
+from chicago_crime.model.registry import ModelCard
 from chicago_crime.portal import crimes_export_path, read_export
 from chicago_crime.serve.app import create_app
 
@@ -71,6 +72,11 @@ def register(uri: str, name: str, model: Pipeline, threshold: float) -> str:
             mlflow.log_params({"window_start": "2018-01-01", "window_end": "2018-01-31"})
             info = mlflow.sklearn.log_model(model, name="model", registered_model_name=name,
                                             pip_requirements=["scikit-learn"])
+        card = ModelCard(name=name, threshold=threshold, window_start="2018-01-01",
+                         window_end="2018-01-31", metrics={"roc_auc": 0.8})
+        client = mlflow.MlflowClient(uri, uri)
+        for key, value in card.tags().items():
+            client.set_model_version_tag(name, str(info.registered_model_version), key, value)
     finally:
         mlflow.set_tracking_uri(None)
         mlflow.set_registry_uri(None)
