@@ -26,7 +26,14 @@ TRAIN_DAG = "train_model"
 
 
 def default_month(data_dir: str | None) -> str:
-    """The newest month of a folder of exports, else the last complete calendar month."""
+    """The newest month of a folder of exports, else the last complete calendar month.
+
+    Without a folder, the one the native stack replays (its remembered data source), if any.
+    """
+    if not data_dir:
+        from chicago_crime.devtools.stack import running_env
+
+        data_dir = running_env()["REPLAY_DATA_DIR"] or None
     if data_dir:
         months = sorted(p.name[:7] for p in (Path(data_dir) / "crimes").glob("*.csv.gz"))
         if not months:
@@ -106,13 +113,15 @@ def print_summary(settings: Settings, model: dict[str, Any], seconds: float) -> 
 ==========================================================================================
  Champion served in {seconds:.0f}s: {model.get('name')} version {model.get('version')}
 
- Airflow    http://127.0.0.1:{settings.airflow_port}   ({settings.airflow_admin_user} / \
-{settings.airflow_admin_password.get_secret_value()})  DAGs {ETL_DAG}, {TRAIN_DAG}
- MLflow     http://127.0.0.1:{settings.mlflow_port}   experiments '{settings.etl_experiment}', \
+ Airflow    http://127.0.0.1:{settings.airflow_port}   (login {settings.airflow_admin_user} / \
+AIRFLOW_ADMIN_PASSWORD)  DAGs {ETL_DAG}, {TRAIN_DAG}
+ MLflow     http://127.0.0.1:{settings.mlflow_port}   (login {settings.mlflow_admin_username} / \
+MLFLOW_ADMIN_PASSWORD)  experiments '{settings.etl_experiment}', \
 '{settings.search_experiment}', model '{settings.model_name}' (alias {settings.champion_alias})
  Data lake  {settings.aws_endpoint_url_s3}  bucket '{settings.data_repo_bucket_name}' \
-(key {settings.aws_access_key_id} / {settings.aws_secret_access_key.get_secret_value()})
+(key {settings.aws_access_key_id} / AWS_SECRET_ACCESS_KEY)
  Model API  {settings.api_url}/docs
+ Passwords  in .env (mode 600; never printed), e.g. `grep AIRFLOW_ADMIN_PASSWORD .env`
 
  Try it:
    curl -s -X POST {settings.api_url}/predict -H 'Content-Type: application/json' \\
