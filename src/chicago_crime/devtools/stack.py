@@ -355,9 +355,27 @@ def base_env() -> dict[str, str]:
     }
 
 
+def native_urls(settings: Settings) -> dict[str, str]:
+    """The URL settings as the native services are reached (derived from the ports)."""
+    host = client_host(settings)
+    s3 = f"http://{LOOPBACK}:{settings.minio_port}"
+    return {"mlflow_tracking_uri": f"http://{host}:{settings.mlflow_port}",
+            "api_url": f"http://{host}:{settings.fastapi_port}",
+            "aws_endpoint_url_s3": s3, "mlflow_s3_endpoint_url": s3}
+
+
+def url_mismatches(settings: Settings) -> list[str]:
+    """URL settings of .env that do not point at this stack's ports (the CLI, notebooks and
+    tests use them as written)."""
+    return [f"{name.upper()}={getattr(settings, name)} (this stack: {url})"
+            for name, url in native_urls(settings).items()
+            if (getattr(settings, name) or "").rstrip("/") != url]
+
+
 def program_envs(settings: Settings, replay_dir: str | None) -> dict[str, dict[str, str]]:
     """The environment of each launched program: only the names it needs."""
-    local = settings.model_copy(update={"pg_host": LOOPBACK, "valkey_host": LOOPBACK})
+    local = settings.model_copy(update={"pg_host": LOOPBACK, "valkey_host": LOOPBACK,
+                                        **native_urls(settings)})
     platform = {**base_env(), **settings_env(local, drop=SETUP_ONLY_SECRETS)}
     airflow = {**platform, **_airflow_env(settings)}
     worker = dict(airflow)
@@ -1057,6 +1075,9 @@ def up(data: str | None = None, timeout: float = 300.0) -> int:
     ensure_secrets()
     settings = stack_settings()
     replay_dir, note = data_source(data)
+    for mismatch in url_mismatches(settings):
+        print(f"warning: .env has {mismatch}; the services use this stack's port, but the CLI, "
+              "notebooks and tests read the value in .env", flush=True)
     for tool in (PG_BIN / "postgres", Path("/usr/bin/redis-server"), VENV_BIN / "weed"):
         if not tool.exists():
             raise StackError(f"{tool} is missing: run `make install-native` first")
