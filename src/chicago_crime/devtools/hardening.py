@@ -249,7 +249,11 @@ def sync_mlflow_accounts(settings: Settings, database_uri: str) -> list[str]:
     Runs before the MLflow server starts (the store's own migrations create its tables), so the
     server never bootstraps an admin from a default and a password changed in ``.env`` wins.
     """
-    from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
+    import warnings
+
+    with warnings.catch_warnings():  # MLflow's server modules warn about starlette internals
+        warnings.simplefilter("ignore")
+        from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
 
     store = SqlAlchemyStore()
     store.init_db(database_uri)

@@ -632,7 +632,7 @@ def _port_open(port: int, host: str = LOOPBACK) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
-def _http(url: str, timeout: float = 3.0,
+def _http(url: str, timeout: float = 10.0,
           headers: dict[str, str] | None = None) -> tuple[int | None, str]:
     """(HTTP status or None when unreachable, body or error)."""
     try:
@@ -645,7 +645,7 @@ def _http(url: str, timeout: float = 3.0,
         return None, str(getattr(exc, "reason", exc))
 
 
-def _http_ok(url: str, timeout: float = 3.0) -> tuple[bool, str]:
+def _http_ok(url: str, timeout: float = 10.0) -> tuple[bool, str]:
     code, body = _http(url, timeout)
     return code is not None and 200 <= code < 300, body if code else f"unreachable: {body}"
 
@@ -708,7 +708,7 @@ def _celery_ping(settings: Settings) -> tuple[bool, str]:
 
     app = Celery(broker=settings.model_copy(update={"valkey_host": LOOPBACK}).broker_url)
     try:
-        replies = app.control.ping(timeout=2.0)
+        replies = app.control.ping(timeout=5.0)
     except Exception as exc:  # broker down, etc.
         return False, str(exc)
     finally:
@@ -969,7 +969,22 @@ def _ensure_buckets(settings: Settings) -> None:
                 time.sleep(0.5)
 
 
-def _sync_mlflow_accounts(settings: Settings) -> None:
+def _mlflow_logins_work(settings: Settings) -> bool:
+    """Whether the running MLflow server accepts every account's password from .env."""
+    base = f"http://{client_host(settings)}:{settings.mlflow_port}/api/2.0/mlflow/users/get"
+    for user, password, _, _ in hardening.mlflow_accounts(settings):
+        code, _ = _http(f"{base}?{urllib.parse.urlencode({'username': user})}", timeout=10,
+                        headers=_basic_auth(user, SecretStr(password)))
+        if code != 200:
+            return False
+    return True
+
+
+def _sync_mlflow_accounts(settings: Settings, running: bool) -> None:
+    """Write MLflow's accounts into its user store, unless the running server already accepts
+    every password of .env (then nothing changed since the last ``up``)."""
+    if running and _mlflow_logins_work(settings):
+        return
     local = settings.model_copy(update={"pg_host": LOOPBACK})
     try:
         changed = hardening.sync_mlflow_accounts(settings, local.pg_url(settings.pg_mlflow_auth_db))
@@ -977,6 +992,21 @@ def _sync_mlflow_accounts(settings: Settings) -> None:
         raise StackError(str(exc)) from None
     if changed:
         print(f"MLflow accounts: {', '.join(changed)}", flush=True)
+
+
+def _migrate_airflow(settings: Settings, account: Account) -> None:
+    """``airflow db migrate`` (as the service user), skipped when this Airflow version already
+    migrated this database (it costs ~10-30 s)."""
+    from importlib.metadata import version
+
+    marker = RUN / "airflow-migrated"
+    done = f"{version('apache-airflow')} {settings.pg_port} {settings.pg_airflow_db}"
+    if marker.exists() and marker.read_text() == done:
+        return
+    print("migrating the Airflow database", flush=True)
+    env = program_envs(settings, None)["airflow-scheduler"]
+    _run([str(VENV_BIN / "airflow"), "db", "migrate"], env=env, **_as_service(account))
+    _write_private(marker, done)
 
 
 def _write_programs(progs: list[Program], account: Account) -> list[str]:
@@ -1119,10 +1149,8 @@ def up(data: str | None = None, timeout: float = 300.0) -> int:
         _psql(settings, "SELECT pg_reload_conf()")
     _ensure_databases(settings)
     _ensure_buckets(settings)
-    _sync_mlflow_accounts(settings)
-    print("migrating the Airflow database", flush=True)
-    migrate_env = program_envs(settings, replay_dir)["airflow-scheduler"]
-    _run([str(VENV_BIN / "airflow"), "db", "migrate"], env=migrate_env, **_as_service(account))
+    _sync_mlflow_accounts(settings, _states().get("mlflow") == "RUNNING")
+    _migrate_airflow(settings, account)
     print("starting mlflow, airflow (api-server, scheduler, dag-processor, triggerer, worker), "
           "api", flush=True)
     _start(APP_SERVICES)
