@@ -97,48 +97,45 @@ def _pids() -> dict[str, str]:
 
 
 def test_local_up_twice_is_harmless():
-    """A second `up` with the same configuration restarts nothing and reports healthy."""
-    import os
+    """A second `up` (no DATA: the remembered data source) restarts nothing and reports ready."""
     import subprocess
     import sys
 
     from chicago_crime.devtools import stack
 
     before = _pids()
-    env = {**os.environ,
-           "REPLAY_DATA_DIR": stack.running_env().get("REPLAY_DATA_DIR", "")}
-    proc = subprocess.run([sys.executable, "-m", "chicago_crime.devtools.stack", "up"], env=env,
+    source = stack.running_env()["REPLAY_DATA_DIR"]
+    proc = subprocess.run([sys.executable, "-m", "chicago_crime.devtools.stack", "up"],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
-    assert "restarting" not in proc.stdout
+    assert "restarting" not in proc.stdout and "switching" not in proc.stdout
     assert _pids() == before
+    assert stack.running_env()["REPLAY_DATA_DIR"] == source
     assert stack.status() == 0
 
 
-def test_status_names_a_killed_service_and_up_restores_it(capsys):
-    """Kill one service for real: `status` says which one is down; `up` brings it back."""
+def test_a_killed_service_comes_back_by_itself_and_alone(capsys):
+    """Kill one service for real: supervisord restarts it without any command, the watchdog
+    says so, and no other service is restarted."""
     import os
     import signal
-    import subprocess
-    import sys
     import time
 
     from chicago_crime.devtools import stack
 
-    pid = int(stack._ctl("pid", "api").stdout.strip())
-    os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 30
-    while stack._states().get("api") == "RUNNING" and time.monotonic() < deadline:
+    before = _pids()
+    os.kill(int(before["replay"]), signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        now = _pids()
+        if now.get("replay") not in {None, before["replay"]}:
+            break
         time.sleep(0.5)
+    after = _pids()
+    assert after["replay"] != before["replay"]
+    assert {k: v for k, v in after.items() if k != "replay"} == {
+        k: v for k, v in before.items() if k != "replay"}
+    stack._wait_ready(["replay"], stack.stack_settings(), 60)
+    assert "replay crashed" in stack.ALERTS.read_text()
     capsys.readouterr()
-    assert stack.status() == 1
-    out = capsys.readouterr().out
-    assert "service(s) down: api" in out
-    assert [line for line in out.splitlines() if line.startswith("DOWN")] == [
-        line for line in out.splitlines() if line.startswith("DOWN") and " api " in line]
-    env = {**os.environ,
-           "REPLAY_DATA_DIR": stack.running_env().get("REPLAY_DATA_DIR", "")}
-    proc = subprocess.run([sys.executable, "-m", "chicago_crime.devtools.stack", "up"], env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr
     assert stack.status() == 0

@@ -1,0 +1,233 @@
+"""The native stack heals itself: services killed for real come back without any command, a
+task on a killed Celery worker is retried and its run succeeds, and a rolling restart of the
+model server under load loses no request. Each test prints its figures (``pytest -s`` or the
+``-rA`` summary shows them; docs/operations.md records them)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import statistics
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+import pytest
+import requests
+
+from chicago_crime.devtools import demo, stack
+from chicago_crime.devtools.airflow_client import AirflowClient
+from chicago_crime.devtools.launch import tagged_processes
+
+pytestmark = pytest.mark.integration
+MONTH = "2018-06"
+
+
+def report(title: str, **figures: Any) -> None:
+    print(f"\n[figures] {title}: " + ", ".join(f"{k}={v}" for k, v in figures.items()),
+          flush=True)
+
+
+def pid_of(name: str) -> int:
+    out = stack._ctl("pid", name).stdout.strip()
+    return int(out) if out.isdigit() else 0
+
+
+def all_pids() -> dict[str, int]:
+    return {name: pid_of(name) for name in stack._states()}
+
+
+@pytest.fixture(scope="module")
+def settings():
+    return stack.stack_settings()
+
+
+@pytest.fixture(scope="module")
+def champion(settings) -> dict[str, Any]:
+    """A champion served by the API (the training test registers one; else the demo's path)."""
+    if stack.registry_champion(settings)[0] is not True:
+        demo.run_demo(MONTH, settings)
+    return demo.wait_for_champion(settings, timeout=600)
+
+
+@dataclass
+class Load:
+    """Requests in threads, each on a new connection (as independent clients do)."""
+
+    url: str
+    body: dict[str, Any]
+    concurrency: int
+    results: list[tuple[float, str, float]] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
+
+    def _worker(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                outcome = str(requests.post(self.url, json=self.body, timeout=60).status_code)
+            except requests.RequestException as exc:
+                outcome = type(exc).__name__
+            self.results.append((started, outcome, time.monotonic() - started))
+
+    def __enter__(self) -> Load:
+        for _ in range(self.concurrency):
+            thread = threading.Thread(target=self._worker, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        time.sleep(2)  # warm: every thread has requests behind it
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=90)
+
+    @property
+    def failures(self) -> Counter[str]:
+        return Counter(outcome for _, outcome, _ in self.results if outcome != "200")
+
+    def summary(self) -> dict[str, Any]:
+        latencies = sorted(lat for _, outcome, lat in self.results if outcome == "200")
+        p99 = latencies[int(len(latencies) * 0.99) - 1] if latencies else float("nan")
+        return {"requests": len(self.results), "failed": sum(self.failures.values()),
+                "failures": dict(self.failures) or "none",
+                "p50_ms": round(statistics.median(latencies) * 1000, 1) if latencies else "-",
+                "p99_ms": round(p99 * 1000, 1)}
+
+
+@pytest.fixture
+def load(settings, champion) -> Iterator[Load]:
+    with Load(f"{settings.api_url}/predict", demo.EXAMPLE_RECORD, concurrency=4) as running:
+        yield running
+
+
+def wait_until(what: str, probe: Any, timeout: float) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if probe():
+            return time.monotonic() - started
+        time.sleep(0.2)
+    raise AssertionError(f"{what} not within {timeout:.0f}s")
+
+
+def api_ready(settings) -> bool:
+    ready, _, detail = stack.api_readiness(settings)
+    return ready and detail.startswith("ready")
+
+
+def test_rolling_restart_of_the_api_under_load_loses_no_request(settings, load):
+    others = {k: v for k, v in all_pids().items() if k != "api"}
+    master = pid_of("api")
+    seconds = stack.rolling_restart_api(settings)
+    time.sleep(2)
+    report("rolling API restart under load (concurrency 4, new connection per request)",
+           restart_seconds=round(seconds, 1), **load.summary())
+    assert pid_of("api") == master  # the manager stayed; its workers were replaced
+    assert not load.failures, load.failures
+    assert api_ready(settings)
+    assert {k: v for k, v in all_pids().items() if k != "api"} == others
+
+
+def test_a_sigkilled_api_worker_process_is_replaced(settings, load):
+    master = pid_of("api")
+    victim = stack._worker_pids(master).pop()
+    killed = time.monotonic()
+    os.kill(victim, signal.SIGKILL)
+    back = wait_until("a new worker process", lambda: len(
+        stack._worker_pids(master) - {victim}) >= settings.api_workers, 120)
+    wait_until("the API ready", lambda: api_ready(settings), 120)
+    report("SIGKILL of one API worker process", replaced_after_s=round(back, 1),
+           ready_after_s=round(time.monotonic() - killed, 1), **load.summary())
+    assert len(load.failures) <= 1  # at most the requests that worker was answering
+
+
+def test_a_sigkilled_api_comes_back_by_itself(settings, load):
+    others = {k: v for k, v in all_pids().items() if k != "api"}
+    master = pid_of("api")
+    old_workers = stack._worker_pids(master)
+    killed = time.monotonic()
+    os.kill(master, signal.SIGKILL)  # the manager: supervisord restarts it
+    restarted = wait_until("a new api process", lambda: pid_of("api") not in {0, master}, 60)
+    ready = wait_until("the API ready again (new workers)",
+                       lambda: pid_of("api") not in {0, master}
+                       and not any(psutil.pid_exists(p) for p in old_workers)
+                       and api_ready(settings), 300)
+    total = time.monotonic() - killed
+    time.sleep(1)
+    report("SIGKILL of the API (uvicorn manager)", restarted_after_s=round(restarted, 1),
+           ready_after_s=round(total, 1), **load.summary())
+    assert ready < 300
+    assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+                   for p in old_workers), "the killed manager's workers were left running"
+    assert {k: v for k, v in all_pids().items() if k != "api"} == others
+    assert "api crashed" in stack.ALERTS.read_text()
+
+
+def test_a_task_on_a_sigkilled_worker_is_retried_and_its_run_succeeds(settings, champion):
+    client = AirflowClient(settings)
+    client.wait_for_dag(demo.ETL_DAG)
+    client.set_paused(demo.ETL_DAG, False)
+    worker = pid_of("airflow-worker")
+    old_tag = (stack.SVC / "run" / "airflow-worker.launch").read_text().strip()
+    others = {k: v for k, v in all_pids().items() if k != "airflow-worker"}
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["run"] = demo.run_etl(client, MONTH)
+        except Exception as exc:  # reported by the main thread
+            outcome["error"] = exc
+
+    runner = threading.Thread(target=run, daemon=True)
+    runner.start()
+    run_id = f"manual__{MONTH}"
+    long_tasks = {"enrich_data", "split_data", "process_outliers", "encode_data",
+                  "scale_data", "balance_data", "extract_features"}
+
+    def running_task() -> dict[str, Any] | None:
+        try:
+            tis = client.task_instances(demo.ETL_DAG, run_id)
+        except Exception:
+            return None
+        return next((ti for ti in tis if ti["task_id"] in long_tasks
+                     and ti["state"] == "running"), None)
+
+    wait_until("a long ETL task running", lambda: running_task() is not None, 600)
+    victim = running_task()
+    assert victim is not None
+    killed = time.monotonic()
+    os.kill(worker, signal.SIGKILL)
+
+    def task_state() -> dict[str, Any]:
+        return next(ti for ti in client.task_instances(demo.ETL_DAG, run_id)
+                    if ti["task_id"] == victim["task_id"])
+
+    back = wait_until("the worker answering again",
+                      lambda: pid_of("airflow-worker") not in {0, worker}
+                      and stack.app_probe("airflow-worker", settings)[0], 120)
+    orphans = tagged_processes(old_tag)
+    detected = wait_until("the killed attempt noticed",
+                          lambda: task_state()["state"] in {"up_for_retry", "failed",
+                                                            "queued", "scheduled"}
+                          or task_state()["try_number"] > victim["try_number"], 300)
+    retried = wait_until("the task retried",
+                         lambda: task_state()["try_number"] > victim["try_number"]
+                         and task_state()["state"] in {"running", "success"}, 300)
+    runner.join(timeout=900)
+    total = time.monotonic() - killed
+    report("SIGKILL of the Celery worker during " + victim["task_id"],
+           worker_back_s=round(back, 1), attempt_failed_s=round(detected, 1),
+           retry_running_s=round(retried, 1), run_success_s=round(total, 1),
+           orphans_left=len(orphans))
+    assert "error" not in outcome, outcome.get("error")
+    assert outcome["run"]["state"] == "success"
+    assert not orphans, [p.pid for p in orphans]
+    assert retried < 120  # the heartbeat timeout (30 s) + the retry delay, not 5 minutes
+    assert {k: v for k, v in all_pids().items() if k != "airflow-worker"} == others
+    log = (stack.LOGS / "airflow-worker.log").read_text(errors="ignore")
+    assert "address already in use" not in log
