@@ -1307,8 +1307,8 @@ def restart(names: list[str]) -> int:
         raise StackError("the native stack is not running: `make local-up`")
     settings = stack_settings()
     targets = names or list(APP_SERVICES)
-    if "api" in targets and _states().get("api") == "RUNNING":
-        seconds = rolling_restart_api(settings)
+    if "api" in targets and _states().get("api") == "RUNNING" and api_readiness(settings)[0]:
+        seconds = rolling_restart_api(settings)  # serving: hand over without downtime
         print(f"api: every worker replaced without downtime in {seconds:.1f}s")
         targets = [t for t in targets if t != "api"]
     if targets:
