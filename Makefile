@@ -158,6 +158,7 @@ bench: ## Run every benchmark (prints figures; the pipeline ones need the native
 	$(PY) bench/bench_train.py
 	$(PY) bench/bench_api.py --model features
 	$(PY) bench/bench_pipeline.py --month 2018-06 --to-champion
+	$(PY) bench/bench_recovery.py
 
 .PHONY: notebooks
 notebooks: install-native ## Open the notebooks in JupyterLab on the venv kernel (stack up; NOTEBOOK_MONTH=YYYY-MM)

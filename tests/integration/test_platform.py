@@ -27,7 +27,8 @@ def test_both_databases_answer(stack_settings):
 
 
 def test_broker_answers(stack_settings):
-    client = redis.Redis(host=stack_settings.valkey_host, port=stack_settings.valkey_port)
+    client = redis.Redis(host=stack_settings.valkey_host, port=stack_settings.valkey_port,
+                         password=stack_settings.valkey_password.get_secret_value())
     key = f"test:{uuid.uuid4().hex}"
     client.set(key, "1", ex=30)
     assert client.get(key) == b"1"
@@ -40,8 +41,9 @@ def test_lake_roundtrip_on_the_real_s3_server(stack_settings):
     lake.write_parquet(key, df)
     try:
         pd.testing.assert_frame_equal(lake.read_parquet(key), df)
-        assert {"data", "mlflow"} <= {
-            b["Name"] for b in lake.client.list_buckets()["Buckets"]}
+        # the platform's identity sees its own bucket only (MLflow's is MLflow's)
+        assert {b["Name"] for b in lake.client.list_buckets()["Buckets"]} == {
+            stack_settings.data_repo_bucket_name}
     finally:
         lake.delete(key)
 
@@ -68,8 +70,12 @@ def test_mlflow_logs_a_run_and_an_artifact(stack_settings, tmp_path):
     local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="note.txt",
                                                 dst_path=str(tmp_path / "dl"))
     assert Path(local).read_text() == "hello lake"
-    # The artifact really lives in the S3 bucket behind the proxied artifact store.
-    keys = Lake(bucket=stack_settings.mlflow_bucket_name, settings=stack_settings).list_keys()
+    # The artifact really lives in the S3 bucket behind the proxied artifact store (readable
+    # with the MLflow server's own S3 identity only).
+    mlflow_identity = stack_settings.model_copy(update={
+        "aws_access_key_id": stack_settings.mlflow_s3_access_key_id,
+        "aws_secret_access_key": stack_settings.mlflow_s3_secret_access_key})
+    keys = Lake(bucket=stack_settings.mlflow_bucket_name, settings=mlflow_identity).list_keys()
     assert any(k.endswith(f"{run.info.run_id}/artifacts/note.txt") for k in keys)
 
 

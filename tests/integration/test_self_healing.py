@@ -7,23 +7,21 @@ from __future__ import annotations
 
 import os
 import signal
-import statistics
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
 import pytest
-import requests
 
 from chicago_crime.devtools import demo, stack
 from chicago_crime.devtools.airflow_client import AirflowClient
 from chicago_crime.devtools.launch import tagged_processes
+from chicago_crime.devtools.loadgen import Load
 
-pytestmark = pytest.mark.integration
+# A fresh stack trains a champion first (minutes on a busy 2-core box).
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(2400)]
 MONTH = "2018-06"
 
 
@@ -52,52 +50,6 @@ def champion(settings) -> dict[str, Any]:
     if stack.registry_champion(settings)[0] is not True:
         demo.run_demo(MONTH, settings)
     return demo.wait_for_champion(settings, timeout=600)
-
-
-@dataclass
-class Load:
-    """Requests in threads, each on a new connection (as independent clients do)."""
-
-    url: str
-    body: dict[str, Any]
-    concurrency: int
-    results: list[tuple[float, str, float]] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _threads: list[threading.Thread] = field(default_factory=list)
-
-    def _worker(self) -> None:
-        while not self._stop.is_set():
-            started = time.monotonic()
-            try:
-                outcome = str(requests.post(self.url, json=self.body, timeout=60).status_code)
-            except requests.RequestException as exc:
-                outcome = type(exc).__name__
-            self.results.append((started, outcome, time.monotonic() - started))
-
-    def __enter__(self) -> Load:
-        for _ in range(self.concurrency):
-            thread = threading.Thread(target=self._worker, daemon=True)
-            thread.start()
-            self._threads.append(thread)
-        time.sleep(2)  # warm: every thread has requests behind it
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=90)
-
-    @property
-    def failures(self) -> Counter[str]:
-        return Counter(outcome for _, outcome, _ in self.results if outcome != "200")
-
-    def summary(self) -> dict[str, Any]:
-        latencies = sorted(lat for _, outcome, lat in self.results if outcome == "200")
-        p99 = latencies[int(len(latencies) * 0.99) - 1] if latencies else float("nan")
-        return {"requests": len(self.results), "failed": sum(self.failures.values()),
-                "failures": dict(self.failures) or "none",
-                "p50_ms": round(statistics.median(latencies) * 1000, 1) if latencies else "-",
-                "p99_ms": round(p99 * 1000, 1)}
 
 
 @pytest.fixture
