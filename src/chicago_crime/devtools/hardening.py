@@ -222,6 +222,11 @@ def mlflow_auth_ini(settings: Settings, database_uri: str) -> str:
         f"database_uri = {database_uri.replace('%', '%%')}\n"
         f"admin_username = {settings.mlflow_admin_username}\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        # Each login check costs a scrypt hash (~0.1-0.6 s of CPU here): without this cache a
+        # model download (one request per file) takes minutes on a busy box. A password changed
+        # through MLflow's API applies at once; one changed in the store directly (the stack
+        # does that for a password edited in .env, and restarts MLflow) within the TTL.
+        "auth_cache_ttl_seconds = 300\n"
     )
 
 
