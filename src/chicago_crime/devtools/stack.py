@@ -473,10 +473,10 @@ def _digest(*parts: str) -> str:
     return h.hexdigest()[:24]
 
 
-def _launched(name: str, command: str) -> str:
+def _launched(name: str, command: str, grace: float = 10.0) -> str:
     env_file = SVC / "env" / f"{name}.json"
     return (f"{VENV_BIN / 'python'} -m chicago_crime.devtools.launch --name {name} "
-            f"--env-file {env_file} --state {SVC / 'run'} -- {command}")
+            f"--env-file {env_file} --state {SVC / 'run'} --grace {grace:g} -- {command}")
 
 
 def programs(settings: Settings, replay_dir: str | None, account: Account,
@@ -537,7 +537,7 @@ def programs(settings: Settings, replay_dir: str | None, account: Account,
         Program("api", _launched("api", f"{b / 'uvicorn'} chicago_crime.serve.app:app"
                                  f" --host {s.bind_host} --port {s.fastapi_port}"
                                  f" --workers {s.api_workers} --timeout-worker-healthcheck 120"
-                                 " --timeout-graceful-shutdown 30"),
+                                 " --timeout-graceful-shutdown 30", grace=5),
                 autostart=False, user=user, startsecs=5),
     ]
     if replay_dir:
@@ -1270,7 +1270,7 @@ def _worker_pids(master: int) -> set[int]:
 
     try:
         return {c.pid for c in psutil.Process(master).children()
-                if "multiprocessing" in " ".join(c.cmdline())}
+                if "spawn_main" in " ".join(c.cmdline())}  # not the resource tracker
     except psutil.NoSuchProcess:
         return set()
 
