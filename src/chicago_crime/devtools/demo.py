@@ -82,10 +82,13 @@ def wait_for_champion(settings: Settings, timeout: float = 300) -> dict[str, Any
     """Wait until the API's /ready says a model is loaded; return GET /model."""
     deadline = time.monotonic() + timeout
     reloaded = False
+    missing = "the API did not answer"
     while time.monotonic() < deadline:
         try:
-            if requests.get(f"{settings.api_url}/ready", timeout=5).status_code == 200:
+            ready = requests.get(f"{settings.api_url}/ready", timeout=5)
+            if ready.status_code == 200:
                 return requests.get(f"{settings.api_url}/model", timeout=5).json()
+            missing = ready.json().get("message") or ready.text[:300]
             if not reloaded and settings.api_key:
                 requests.post(f"{settings.api_url}/model/reload", timeout=60, headers={
                     "X-API-Key": settings.api_key.get_secret_value()})
@@ -93,7 +96,8 @@ def wait_for_champion(settings: Settings, timeout: float = 300) -> dict[str, Any
         except requests.RequestException:
             pass
         time.sleep(2)
-    raise RuntimeError(f"the API at {settings.api_url} served no champion within {timeout:.0f}s")
+    raise RuntimeError(f"the API at {settings.api_url} served no champion within "
+                       f"{timeout:.0f}s: {missing}")
 
 
 # A real record of the portal (2018-06), exactly as the SODA API returns it.
