@@ -19,6 +19,7 @@ from chicago_crime.devtools import demo, stack
 from chicago_crime.devtools.airflow_client import AirflowClient
 from chicago_crime.devtools.launch import tagged_processes
 from chicago_crime.devtools.loadgen import Load
+from chicago_crime.stages import STAGES
 
 # A fresh stack trains a champion first (minutes on a busy 2-core box).
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(2400)]
@@ -140,8 +141,7 @@ def test_a_task_on_a_sigkilled_worker_is_retried_and_its_run_succeeds(settings, 
     runner = threading.Thread(target=run, daemon=True)
     runner.start()
     run_id = f"manual__{MONTH}"
-    long_tasks = {"enrich_data", "split_data", "process_outliers", "encode_data",
-                  "scale_data", "balance_data", "extract_features"}
+    long_tasks = {stage.task_id for stage in STAGES}  # the ETL stages after ingestion
 
     def running_task() -> dict[str, Any] | None:
         try:

@@ -735,14 +735,15 @@ def registry_champion(settings: Settings) -> tuple[bool | None, str]:
     """Whether the registry has a champion to serve (asked with the MLflow admin account:
     MLflow answers other accounts 403 for a model that does not exist)."""
     s = settings
-    query = urllib.parse.urlencode({"name": s.model_name, "alias": "champion"})
+    query = urllib.parse.urlencode({"name": s.model_name, "alias": s.champion_alias})
     code, body = _http(f"http://{client_host(s)}:{s.mlflow_port}/api/2.0/mlflow/"
                        f"registered-models/alias?{query}",
                        headers=_basic_auth(s.mlflow_admin_username, s.mlflow_admin_password))
     if code == 200:
         return True, "a champion is registered"
     if code in {400, 404}:
-        return False, f"no '{s.model_name}@champion' in the registry yet (train one: make demo)"
+        return False, (f"no '{s.model_name}@{s.champion_alias}' in the registry yet "
+                       "(train one: make demo)")
     return None, f"the registry answered {code}: {body[:150]}"
 
 
