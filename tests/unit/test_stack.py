@@ -206,6 +206,15 @@ def test_well_known_passwords_are_refused_beyond_loopback(monkeypatch):
             load_settings(bind_host="0.0.0.0", **{**base, name: value})
 
 
+def test_a_missing_secret_is_named(monkeypatch):
+    monkeypatch.setenv("CHICAGO_CRIME_ENV_FILE", os.devnull)
+    for name, value in {**SECRETS, "aws_access_key_id": "k"}.items():
+        monkeypatch.setenv(name.upper(), value)
+    monkeypatch.setenv("AIRFLOW_JWT_SECRET", "")
+    with pytest.raises(stack.StackError, match="AIRFLOW_JWT_SECRET is empty"):
+        stack.stack_settings()
+
+
 def test_broker_url_carries_the_password_quoted(settings):
     url = settings.model_copy(update={"valkey_password": type(settings.api_key)("a/b@c")})
     assert url.broker_url == f"redis://:a%2Fb%40c@127.0.0.1:{PORTS['valkey_port']}/0"
