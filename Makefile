@@ -21,13 +21,16 @@ help: ## Show this help
 # Native platform (no Docker): everything on 127.0.0.1 under supervisord, state in .local/
 # ---------------------------------------------------------------------------------------------
 .PHONY: install-native
-install-native: $(VENV)/.installed ## Install system packages (apt) and the pinned venv
+install-native: $(VENV)/.installed ## Install system packages (apt), the pinned venv, .env with generated secrets, the service user
 	@dpkg -s $(APT_PKGS) >/dev/null 2>&1 || { \
 	  echo "installing $(APT_PKGS) (apt)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PKGS) >/dev/null; }
 	@# Debian starts its own cluster/server on install; the platform runs its own copies.
 	@-pg_ctlcluster 15 main stop >/dev/null 2>&1; service redis-server stop >/dev/null 2>&1; true
+	@# .env (git-ignored, mode 600) from .env.example, every empty secret generated.
 	@$(PY) scripts/gen_secrets.py .env
+	@# As root, the services run as an unprivileged system user.
+	@$(PY) -m chicago_crime.devtools.stack prepare
 	@# Strip notebook outputs on commit (.gitattributes names the filter; git config is per clone).
 	@if [ -d .git ]; then $(VENV)/bin/nbstripout --install; fi
 
@@ -44,11 +47,11 @@ install-browser: ## Install Debian chromium for the real-browser checks
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(BROWSER_PKGS) >/dev/null; }
 
 .PHONY: local-up
-local-up: install-native ## Start the whole platform natively (DATA=folder serves portal exports offline)
-	REPLAY_DATA_DIR="$(DATA)" $(PY) -m chicago_crime.devtools.stack up
+local-up: install-native ## Start the platform natively (DATA=folder of exports | DATA=portal; default: the remembered source)
+	$(PY) -m chicago_crime.devtools.stack up $(if $(DATA),--data "$(DATA)")
 
 .PHONY: local-status
-local-status: ## One line per native service; non-zero exit if any is down
+local-status: ## One line per native service (readiness, what is missing, recent crashes); non-zero exit if any is not ready
 	@$(PY) -m chicago_crime.devtools.stack status
 
 .PHONY: local-down
@@ -60,12 +63,16 @@ local-wipe: ## Stop the native stack and delete its data (.local/)
 	@$(PY) -m chicago_crime.devtools.stack down --wipe
 
 .PHONY: local-restart
-local-restart: ## Restart application services after a code change (SERVICES="api airflow-worker")
+local-restart: ## Restart application services after a code change (SERVICES="api airflow-worker"; the API without downtime)
 	@$(PY) -m chicago_crime.devtools.stack restart $(SERVICES)
 
 .PHONY: local-logs
 local-logs: ## Tail of every native service log (.local/logs/)
 	@$(PY) -m chicago_crime.devtools.stack logs
+
+.PHONY: local-env
+local-env: ## The environment a native program gets, secrets masked (PROGRAM=airflow-worker)
+	@$(PY) -m chicago_crime.devtools.stack env $(PROGRAM)
 
 # ---------------------------------------------------------------------------------------------
 # Docker Compose stack (production form); see docs/docker.md
@@ -124,12 +131,17 @@ test-e2e: install-browser ## End-to-end journey + real-browser checks on the nat
 
 .PHONY: test-unit
 test-unit: install-native ## Fast unit tests only (no services needed)
-	$(PYTEST) -m "not integration and not e2e" $(PYTEST_ARGS)
+	$(PYTEST) -m "not integration and not e2e and not security" $(PYTEST_ARGS)
+
+.PHONY: test-security
+test-security: install-native ## The hostile suite against the native stack (replaying TEST_DATA)
+	$(MAKE) --no-print-directory local-up DATA="$(TEST_DATA)"
+	CHICAGO_DATA_DIR="$(TEST_DATA)" $(PYTEST) -m security $(PYTEST_ARGS)
 
 .PHONY: demo
 demo: install-native ## The whole journey: start, ETL, training, served champion (DATA=exports folder, MONTH=YYYY-MM)
 	$(MAKE) --no-print-directory local-up DATA="$(DATA)"
-	$(PY) -m chicago_crime.devtools.demo --data "$(DATA)" --month "$(MONTH)"
+	$(PY) -m chicago_crime.devtools.demo $(if $(DATA),--data "$(DATA)") --month "$(MONTH)"
 
 .PHONY: train rollback champion
 train: ## Train, register and gate a model for MONTH=YYYY-MM outside Airflow (same code path)
@@ -146,6 +158,7 @@ bench: ## Run every benchmark (prints figures; the pipeline ones need the native
 	$(PY) bench/bench_train.py
 	$(PY) bench/bench_api.py --model features
 	$(PY) bench/bench_pipeline.py --month 2018-06 --to-champion
+	$(PY) bench/bench_recovery.py
 
 .PHONY: notebooks
 notebooks: install-native ## Open the notebooks in JupyterLab on the venv kernel (stack up; NOTEBOOK_MONTH=YYYY-MM)
@@ -157,7 +170,7 @@ test-notebooks: ## Execute both notebooks against the running stack (copies with
 
 .PHONY: replay
 replay: install-native ## Serve a folder of portal exports as a Socrata API (DATA=../shared/data/chicago)
-	$(PY) -m chicago_crime.devtools.replay --data "$(or $(DATA),$(TEST_DATA))" --port 8765
+	$(PY) -m chicago_crime.devtools.replay --data "$(or $(DATA),$(TEST_DATA))" --port $(or $(REPLAY_PORT),8765)
 
 .PHONY: lint
 lint: ## ruff on the whole repository

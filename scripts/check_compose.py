@@ -84,7 +84,29 @@ IN_NETWORK_SETTINGS = {
     "pg_host", "pg_port", "valkey_host", "valkey_port", "aws_endpoint_url_s3",
     "mlflow_tracking_uri", "mlflow_s3_endpoint_url", "api_url",
 }
-CONTRACT = "contract"  # every Settings field named in .env, except HOST_ONLY_SETTINGS
+# Settings only the native stack reads (its SeaweedFS and Airflow helper listeners, its replay
+# server, the model server's worker count), and secrets no Airflow container may hold (set-up
+# identities, other services' own accounts): never part of the Airflow containers' contract.
+NATIVE_ONLY_SETTINGS = {
+    "seaweedfs_master_port", "seaweedfs_master_grpc_port", "seaweedfs_volume_port",
+    "seaweedfs_volume_grpc_port", "seaweedfs_filer_port", "seaweedfs_filer_grpc_port",
+    "seaweedfs_s3_grpc_port", "seaweedfs_admin_port", "airflow_worker_log_port",
+    "airflow_triggerer_log_port", "airflow_scheduler_health_port", "replay_port", "api_workers",
+}
+NOT_FOR_AIRFLOW = {
+    "pg_admin_password", "pg_mlflow_auth_db", "s3_admin_access_key_id",
+    "s3_admin_secret_access_key", "mlflow_s3_access_key_id", "mlflow_s3_secret_access_key",
+    "mlflow_admin_username", "mlflow_admin_password", "mlflow_serving_username",
+    "mlflow_serving_password", "mlflow_flask_server_secret_key",
+}
+# Issue 13 (native side done): the Compose stack does not pass these yet (broker password, the
+# platform's MLflow account, the task heartbeat timeout). Remove each name once
+# docker-compose.yaml wires it.
+COMPOSE_PENDING = {
+    "valkey_password", "mlflow_tracking_username", "mlflow_tracking_password",
+    "airflow_task_heartbeat_timeout",
+}
+CONTRACT = "contract"  # every Settings field named in .env, except the sets above
 # Service (fnmatch pattern) -> Settings fields it must receive. Airflow components import the
 # package (DAG parsing on the dag-processor, tasks on the worker): they get the whole contract.
 SERVICE_SETTINGS: dict[str, set[str] | str] = {
@@ -171,19 +193,24 @@ class Project:
         return data
 
     @cached_property
+    def env_file(self) -> Path:
+        """The tracked template ``.env.example`` (``.env`` is generated and git-ignored)."""
+        for name in (".env.example", ".env"):
+            if (self.root / name).is_file():
+                return self.root / name
+        raise CheckError(f".env.example not found in {self.root}")
+
+    @cached_property
     def env(self) -> dict[str, str]:
-        """``.env`` as written (secrets may be empty until ``make install``)."""
-        path = self.root / ".env"
-        if not path.is_file():
-            raise CheckError(f".env not found in {self.root}")
-        return {k: v or "" for k, v in dotenv_values(path).items()}
+        """The template's settings (secrets are empty until ``make install``)."""
+        return {k: v or "" for k, v in dotenv_values(self.env_file).items()}
 
     @cached_property
     def env_for_compose(self) -> Path:
         """A copy of ``.env`` with empty secrets generated (what ``make install`` produces)."""
         gen = _load_sibling("gen_secrets")
         tmpdir = Path(tempfile.mkdtemp(prefix="check-compose-"))
-        text, _ = gen.fill_secrets((self.root / ".env").read_text(encoding="utf-8"))
+        text, _ = gen.fill_secrets(self.env_file.read_text(encoding="utf-8"))
         target = tmpdir / ".env"
         target.write_text(text, encoding="utf-8")
         return target
@@ -589,7 +616,8 @@ def _settings_for(service: str, env_names: set[str], fields: dict[str, Any]) -> 
     for pattern, wanted in SERVICE_SETTINGS.items():
         if fnmatch.fnmatchcase(service, pattern):
             if wanted == CONTRACT:
-                return {n.lower() for n in env_names if n.lower() in fields} - HOST_ONLY_SETTINGS
+                return ({n.lower() for n in env_names if n.lower() in fields} - HOST_ONLY_SETTINGS
+                        - NATIVE_ONLY_SETTINGS - NOT_FOR_AIRFLOW - COMPOSE_PENDING)
             return set(wanted)
     return None
 

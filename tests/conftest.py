@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Iterator
@@ -11,6 +12,19 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("CHICAGO_DATA_DIR", REPO.parent / "shared" / "data" / "chicago"))
+
+
+def _sign_in_mlflow() -> None:
+    """MLflow's client reads its account (MLFLOW_TRACKING_USERNAME/PASSWORD) from os.environ only:
+    export the platform's from .env once, before the per-test environment snapshots."""
+    from chicago_crime.config import ConfigError, export_mlflow_credentials, load_settings
+
+    # without a usable .env (unit tests pass their own settings) there is nothing to export
+    with contextlib.suppress(ConfigError):
+        export_mlflow_credentials(load_settings())
+
+
+_sign_in_mlflow()
 
 
 def _restore(saved: dict[str, str]) -> None:

@@ -6,11 +6,14 @@ The field names are the environment variable names (case-insensitive) used by ``
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -29,6 +32,30 @@ def _env_file() -> Path | None:
     return None
 
 
+#: Passwords that ship with the tools or the course template (and the template's own .env).
+#: A service bound beyond loopback refuses them (see ``Settings._no_default_when_exposed``).
+WELL_KNOWN_PASSWORDS = frozenset({
+    "", "airflow", "minio", "minio123", "minioadmin", "password", "password1234", "admin",
+    "postgres", "mlflow", "changeme", "secret", "redis", "valkey",
+})
+#: Secret settings checked against ``WELL_KNOWN_PASSWORDS`` when ``BIND_HOST`` is not loopback.
+EXPOSED_SECRETS = (
+    "pg_password", "pg_admin_password", "valkey_password", "aws_secret_access_key",
+    "s3_admin_secret_access_key", "mlflow_s3_secret_access_key", "airflow_admin_password",
+    "mlflow_admin_password", "mlflow_tracking_password", "mlflow_serving_password", "api_key",
+)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or ``localhost``) only reaches this machine."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 class Settings(BaseSettings):
     """Platform settings. Every field maps to the upper-case environment variable."""
 
@@ -39,17 +66,21 @@ class Settings(BaseSettings):
     # network
     bind_host: str = "127.0.0.1"
 
-    # PostgreSQL
+    # PostgreSQL (``pg_user`` is the platform's role, not a superuser; ``pg_admin_password`` is
+    # the superuser ``postgres``'s, used only to set the platform up)
     pg_user: str = "airflow"
     pg_password: SecretStr = SecretStr("airflow")
+    pg_admin_password: SecretStr | None = None
     pg_host: str = "127.0.0.1"
     pg_port: int = 5432
     pg_airflow_db: str = "airflow"
     pg_mlflow_db: str = "mlflow_db"
+    pg_mlflow_auth_db: str = "mlflow_auth"
 
     # broker
     valkey_host: str = "127.0.0.1"
     valkey_port: int = 6379
+    valkey_password: SecretStr | None = None
 
     # S3 data lake (credentials are required: no silent anonymous access)
     aws_access_key_id: str = Field(min_length=1)
@@ -60,6 +91,22 @@ class Settings(BaseSettings):
     minio_port_ui: int = 9001
     data_repo_bucket_name: str = "data"
     mlflow_bucket_name: str = "mlflow"
+    # The S3 server's admin (creates the buckets at setup; no service holds it) and the MLflow
+    # server's own S3 identity (its artifact bucket only). AWS_* above is the platform's.
+    s3_admin_access_key_id: str = "lake-admin"
+    s3_admin_secret_access_key: SecretStr | None = None
+    mlflow_s3_access_key_id: str = "mlflow"
+    mlflow_s3_secret_access_key: SecretStr | None = None
+    # Native stack only (SeaweedFS ``weed mini``): its internal ports, all on loopback.
+    seaweedfs_master_port: int = 9333
+    seaweedfs_master_grpc_port: int = 19333
+    seaweedfs_volume_port: int = 9340
+    seaweedfs_volume_grpc_port: int = 19340
+    seaweedfs_filer_port: int = 9888
+    seaweedfs_filer_grpc_port: int = 19888
+    seaweedfs_s3_grpc_port: int = 19000
+    # its admin server's HTTP port; the gRPC port is always this + 10000 (weed's convention)
+    seaweedfs_admin_port: int = 23646
 
     # MLflow
     mlflow_port: int = 5001
@@ -68,6 +115,15 @@ class Settings(BaseSettings):
     model_name: str = "chicago_arrest"
     #: The registry alias of the version the API serves (the gate moves it, rollback too).
     champion_alias: str = "champion"
+    # MLflow's own client variables: the account every platform client (Airflow tasks, CLI,
+    # tests, demo) signs in with. The model server gets the read-only serving account instead.
+    mlflow_tracking_username: str | None = None
+    mlflow_tracking_password: SecretStr | None = None
+    mlflow_admin_username: str = "admin"
+    mlflow_admin_password: SecretStr | None = None
+    mlflow_serving_username: str = "model-api"
+    mlflow_serving_password: SecretStr | None = None
+    mlflow_flask_server_secret_key: SecretStr | None = None
     etl_experiment: str = "etl"
     search_experiment: str = "chicago_arrest_search"
 
@@ -78,6 +134,12 @@ class Settings(BaseSettings):
     airflow_jwt_secret: SecretStr | None = None
     airflow_fernet_key: SecretStr | None = None
     airflow_worker_concurrency: int = 2
+    # Native stack only: listeners of Airflow's helper servers, all on loopback.
+    airflow_worker_log_port: int = 8793
+    airflow_triggerer_log_port: int = 8794
+    airflow_scheduler_health_port: int = 8974
+    # seconds without a heartbeat before a task on a dead worker is failed (and retried)
+    airflow_task_heartbeat_timeout: int = Field(default=30, ge=10)
 
     # Socrata / Chicago Data Portal
     socrata_base_url: str = "https://data.cityofchicago.org"
@@ -88,6 +150,8 @@ class Settings(BaseSettings):
     socrata_timeout_seconds: float = Field(default=60.0, gt=0)
     socrata_max_attempts: int = Field(default=5, ge=1)
     socrata_backoff_seconds: float = Field(default=1.0, ge=0)
+    # Native stack only: the Socrata replay server (``make local-up DATA=folder``).
+    replay_port: int = 8765
 
     # ETL
     etl_first_run_months: int = Field(default=12, ge=1)
@@ -108,9 +172,33 @@ class Settings(BaseSettings):
     fastapi_port: int = 8800
     api_url: str = "http://127.0.0.1:8800"
     api_key: SecretStr | None = None
+    # uvicorn worker processes of the model server (each loads the model: ~400 MB each)
+    api_workers: int = Field(default=2, ge=1)
     model_poll_seconds: float = Field(default=30.0, ge=0)
     max_batch_records: int = Field(default=10_000, ge=1)
     max_body_bytes: int = Field(default=20_000_000, ge=1024)
+
+    @field_validator(*EXPOSED_SECRETS, mode="after")
+    @classmethod
+    def _no_default_when_exposed(cls, value: Any, info: ValidationInfo) -> Any:
+        """Beyond loopback, a well-known (or empty) password would let anyone in: refuse it."""
+        host = str(info.data.get("bind_host", "127.0.0.1"))
+        if is_loopback(host):
+            return value
+        secret = value.get_secret_value() if isinstance(value, SecretStr) else (value or "")
+        if secret.strip().lower() in WELL_KNOWN_PASSWORDS:
+            raise ValueError(f"empty or a well-known default while BIND_HOST={host} exposes the "
+                             "platform: generate it (make install) or set a strong value in .env")
+        return value
+
+    def mlflow_client_env(self) -> dict[str, str]:
+        """MLflow's own client variables for this configuration (its client reads only
+        ``os.environ``, never ``.env``)."""
+        env = {}
+        if self.mlflow_tracking_username and self.mlflow_tracking_password:
+            env["MLFLOW_TRACKING_USERNAME"] = self.mlflow_tracking_username
+            env["MLFLOW_TRACKING_PASSWORD"] = self.mlflow_tracking_password.get_secret_value()
+        return env
 
     @property
     def airflow_url(self) -> str:
@@ -122,6 +210,25 @@ class Settings(BaseSettings):
             f"{driver}://{self.pg_user}:{self.pg_password.get_secret_value()}"
             f"@{self.pg_host}:{self.pg_port}/{database}"
         )
+
+    @property
+    def broker_url(self) -> str:
+        """Celery's broker URL; it carries the broker password when there is one."""
+        auth = ""
+        if self.valkey_password and self.valkey_password.get_secret_value():
+            auth = f":{quote(self.valkey_password.get_secret_value(), safe='')}@"
+        return f"redis://{auth}{self.valkey_host}:{self.valkey_port}/0"
+
+
+def export_mlflow_credentials(settings: Settings) -> None:
+    """Give MLflow's client the platform account from the settings (``.env`` included).
+
+    MLflow reads ``MLFLOW_TRACKING_USERNAME``/``PASSWORD`` from ``os.environ`` only, so a value
+    that lives in ``.env`` would never reach it. A variable already in the environment wins
+    (the model server's process gets the read-only serving account that way).
+    """
+    for key, value in settings.mlflow_client_env().items():
+        os.environ.setdefault(key, value)
 
 
 def load_settings(**overrides: object) -> Settings:
@@ -141,5 +248,8 @@ def load_settings(**overrides: object) -> Settings:
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """Process-wide settings (cached). Use ``load_settings`` for a fresh read."""
-    return load_settings()
+    """Process-wide settings (cached), with MLflow's client signed in (see
+    ``export_mlflow_credentials``). Use ``load_settings`` for a fresh read."""
+    settings = load_settings()
+    export_mlflow_credentials(settings)
+    return settings

@@ -94,9 +94,15 @@ def chromium() -> Iterator[Any]:
 
 
 @pytest.fixture
-def page(chromium: Any) -> Iterator[Any]:
-    """A fresh browser context and page per test (generous timeouts: a busy 2-core box)."""
-    context = chromium.new_context(viewport={"width": 1440, "height": 900})
+def page(chromium: Any, stack_settings: Settings) -> Iterator[Any]:
+    """A fresh browser context and page per test (generous timeouts: a busy 2-core box).
+
+    MLflow's UI asks for a login (basic auth): the browser answers with the admin's."""
+    password = stack_settings.mlflow_admin_password
+    credentials = {"username": stack_settings.mlflow_admin_username,
+                   "password": password.get_secret_value() if password else ""}
+    context = chromium.new_context(viewport={"width": 1440, "height": 900},
+                                   http_credentials=credentials)
     context.set_default_timeout(30_000)
     context.set_default_navigation_timeout(60_000)
     page = context.new_page()

@@ -25,8 +25,12 @@ MONTH = "2018-06"
 @pytest.fixture(scope="module")
 def stack_run(stack_settings, shared_data):
     tag = uuid.uuid4().hex[:8]
+    # The platform's S3 identity is limited to its own bucket: a throwaway bucket is the
+    # S3 admin's (as the stack creates the platform's buckets).
     settings = stack_settings.model_copy(update={
-        "data_repo_bucket_name": f"it-etl-{tag}", "etl_experiment": f"etl-it-{tag}"})
+        "data_repo_bucket_name": f"it-etl-{tag}", "etl_experiment": f"etl-it-{tag}",
+        "aws_access_key_id": stack_settings.s3_admin_access_key_id,
+        "aws_secret_access_key": stack_settings.s3_admin_secret_access_key})
     lake = Lake(settings=settings)
     lake.ensure_bucket()
     window = pd.concat([portal.read_export(portal.crimes_export_path(shared_data, m))

@@ -27,8 +27,11 @@ pytestmark = pytest.mark.integration
 def lake_and_settings(stack_settings, shared_data) -> Iterator[tuple[Lake, object]]:
     bucket = f"it-ingest-{uuid.uuid4().hex[:8]}"
     with ReplayServer(shared_data) as replay:
+        # a throwaway bucket: the S3 admin's (the platform's identity has its own bucket only)
         settings = stack_settings.model_copy(update={
-            "data_repo_bucket_name": bucket, "socrata_base_url": replay.url})
+            "data_repo_bucket_name": bucket, "socrata_base_url": replay.url,
+            "aws_access_key_id": stack_settings.s3_admin_access_key_id,
+            "aws_secret_access_key": stack_settings.s3_admin_secret_access_key})
         lake = Lake(settings=settings)
         try:
             yield lake, settings

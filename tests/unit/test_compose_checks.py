@@ -20,8 +20,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 COPIED = [
-    "docker-compose.yaml", ".env", ".dockerignore", "dockerfiles", "secrets", "requirements.lock",
-    "pyproject.toml", "README.md", "src", "airflow/dags", "scripts",
+    "docker-compose.yaml", ".env.example", ".dockerignore", "dockerfiles", "secrets",
+    "requirements.lock", "pyproject.toml", "README.md", "src", "airflow/dags", "scripts",
 ]
 
 
@@ -108,7 +108,7 @@ def test_compose_warning_on_stderr_is_a_failure(project):
 # --- variables -----------------------------------------------------------------------------------
 def test_missing_env_var_is_caught(project):
     root, break_it = project
-    break_it(".env", "MODEL_POLL_SECONDS=", "# MODEL_POLL_SECONDS=")
+    break_it(".env.example", "MODEL_POLL_SECONDS=", "# MODEL_POLL_SECONDS=")
     assert_reports(run(root, "env-defined"),
                    "uses ${MODEL_POLL_SECONDS} but .env does not define MODEL_POLL_SECONDS")
     # Compose itself only warns (on stderr), which the config check also treats as failure.
@@ -378,7 +378,7 @@ def test_gen_secrets_fills_only_empty_values_and_is_idempotent(tmp_path: Path):
     Fernet(values["AIRFLOW_FERNET_KEY"].encode())  # raises on an invalid key
     assert first.startswith("# comment stays\nAIRFLOW_UID=50000\n")
     assert "OTHER=x  # trailing\n" in first
-    assert stat.S_IMODE(env.stat().st_mode) == 0o640
+    assert stat.S_IMODE(env.stat().st_mode) == 0o600  # it holds every password
     assert gen.main([str(env)]) == 0
     assert env.read_text() == first
 

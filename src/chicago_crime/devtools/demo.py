@@ -26,7 +26,14 @@ TRAIN_DAG = "train_model"
 
 
 def default_month(data_dir: str | None) -> str:
-    """The newest month of a folder of exports, else the last complete calendar month."""
+    """The newest month of a folder of exports, else the last complete calendar month.
+
+    Without a folder, the one the native stack replays (its remembered data source), if any.
+    """
+    if not data_dir:
+        from chicago_crime.devtools.stack import running_env
+
+        data_dir = running_env()["REPLAY_DATA_DIR"] or None
     if data_dir:
         months = sorted(p.name[:7] for p in (Path(data_dir) / "crimes").glob("*.csv.gz"))
         if not months:
@@ -75,10 +82,13 @@ def wait_for_champion(settings: Settings, timeout: float = 300) -> dict[str, Any
     """Wait until the API's /ready says a model is loaded; return GET /model."""
     deadline = time.monotonic() + timeout
     reloaded = False
+    missing = "the API did not answer"
     while time.monotonic() < deadline:
         try:
-            if requests.get(f"{settings.api_url}/ready", timeout=5).status_code == 200:
+            ready = requests.get(f"{settings.api_url}/ready", timeout=5)
+            if ready.status_code == 200:
                 return requests.get(f"{settings.api_url}/model", timeout=5).json()
+            missing = ready.json().get("message") or ready.text[:300]
             if not reloaded and settings.api_key:
                 requests.post(f"{settings.api_url}/model/reload", timeout=60, headers={
                     "X-API-Key": settings.api_key.get_secret_value()})
@@ -86,7 +96,8 @@ def wait_for_champion(settings: Settings, timeout: float = 300) -> dict[str, Any
         except requests.RequestException:
             pass
         time.sleep(2)
-    raise RuntimeError(f"the API at {settings.api_url} served no champion within {timeout:.0f}s")
+    raise RuntimeError(f"the API at {settings.api_url} served no champion within "
+                       f"{timeout:.0f}s: {missing}")
 
 
 # A real record of the portal (2018-06), exactly as the SODA API returns it.
@@ -106,13 +117,15 @@ def print_summary(settings: Settings, model: dict[str, Any], seconds: float) -> 
 ==========================================================================================
  Champion served in {seconds:.0f}s: {model.get('name')} version {model.get('version')}
 
- Airflow    http://127.0.0.1:{settings.airflow_port}   ({settings.airflow_admin_user} / \
-{settings.airflow_admin_password.get_secret_value()})  DAGs {ETL_DAG}, {TRAIN_DAG}
- MLflow     http://127.0.0.1:{settings.mlflow_port}   experiments '{settings.etl_experiment}', \
+ Airflow    http://127.0.0.1:{settings.airflow_port}   (login {settings.airflow_admin_user} / \
+AIRFLOW_ADMIN_PASSWORD)  DAGs {ETL_DAG}, {TRAIN_DAG}
+ MLflow     http://127.0.0.1:{settings.mlflow_port}   (login {settings.mlflow_admin_username} / \
+MLFLOW_ADMIN_PASSWORD)  experiments '{settings.etl_experiment}', \
 '{settings.search_experiment}', model '{settings.model_name}' (alias {settings.champion_alias})
  Data lake  {settings.aws_endpoint_url_s3}  bucket '{settings.data_repo_bucket_name}' \
-(key {settings.aws_access_key_id} / {settings.aws_secret_access_key.get_secret_value()})
+(key {settings.aws_access_key_id} / AWS_SECRET_ACCESS_KEY)
  Model API  {settings.api_url}/docs
+ Passwords  in .env (mode 600; never printed), e.g. `grep AIRFLOW_ADMIN_PASSWORD .env`
 
  Try it:
    curl -s -X POST {settings.api_url}/predict -H 'Content-Type: application/json' \\
