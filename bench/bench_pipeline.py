@@ -12,21 +12,20 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from datetime import datetime
+
+from airflow_client.client import DAGPatchBody, TaskInstanceResponse
 
 from chicago_crime import layout
 from chicago_crime.config import get_settings
 from chicago_crime.devtools import demo
-from chicago_crime.devtools.airflow_client import AirflowClient
+from chicago_crime.devtools.airflow_api import connect, wait_for_dag
 from chicago_crime.lake import Lake
 
 
-def _seconds(ti: dict) -> float | None:
-    if not ti.get("start_date") or not ti.get("end_date"):
+def _seconds(ti: TaskInstanceResponse) -> float | None:
+    if not ti.start_date or not ti.end_date:
         return None
-    start = datetime.fromisoformat(ti["start_date"].replace("Z", "+00:00"))
-    end = datetime.fromisoformat(ti["end_date"].replace("Z", "+00:00"))
-    return (end - start).total_seconds()
+    return (ti.end_date - ti.start_date).total_seconds()
 
 
 def main() -> None:
@@ -38,12 +37,12 @@ def main() -> None:
                         help="also wait for train_model and a served champion")
     args = parser.parse_args()
     settings = get_settings()
-    client = AirflowClient(settings)
+    af = connect(settings)
     lake = Lake(settings=settings)
     for dag_id in (demo.ETL_DAG, demo.TRAIN_DAG):
-        client.wait_for_dag(dag_id)
-    client.set_paused(demo.ETL_DAG, False)
-    client.set_paused(demo.TRAIN_DAG, not args.to_champion)
+        wait_for_dag(af, dag_id)
+    af.dags.patch_dag(demo.ETL_DAG, DAGPatchBody(is_paused=False))
+    af.dags.patch_dag(demo.TRAIN_DAG, DAGPatchBody(is_paused=not args.to_champion))
 
     walls, champion_walls = [], []
     per_task: dict[str, list[float]] = {}
@@ -52,13 +51,14 @@ def main() -> None:
             for prefix in (layout.RAW_PREFIX, layout.ENRICHED_PREFIX, layout.PROCESSED_PREFIX):
                 lake.delete_prefix(prefix)
         started = time.monotonic()
-        run = demo.run_etl(client, args.month)
+        run = demo.run_etl(af, args.month)
         walls.append(time.monotonic() - started)
-        for ti in client.task_instances(demo.ETL_DAG, run["dag_run_id"]):
+        for ti in af.task_instances.get_task_instances(demo.ETL_DAG,
+                                                       run.dag_run_id).task_instances:
             if (secs := _seconds(ti)) is not None:
-                per_task.setdefault(ti["task_id"], []).append(secs)
+                per_task.setdefault(ti.task_id, []).append(secs)
         if args.to_champion:
-            demo.wait_for_training(client, after=run["start_date"])
+            demo.wait_for_training(af, after=run.start_date)
             demo.wait_for_champion(settings)
             champion_walls.append(time.monotonic() - started)
         print(f"run {i + 1}: ETL DAG {walls[-1]:.1f}s"

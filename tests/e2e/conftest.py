@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from chicago_crime.config import Settings
-from chicago_crime.devtools.airflow_client import AirflowClient
+from chicago_crime.devtools.airflow_api import Airflow, connect
 from chicago_crime.lake import Lake
 from chicago_crime.model import registry
 
@@ -57,8 +57,8 @@ def journey(stack_settings: Settings) -> Journey:
 
 
 @pytest.fixture(scope="session")
-def airflow(stack_settings: Settings) -> AirflowClient:
-    return AirflowClient(stack_settings)
+def airflow(stack_settings: Settings) -> Airflow:
+    return connect(stack_settings)
 
 
 @pytest.fixture(scope="session")

@@ -50,9 +50,10 @@ def airflow_login(page: Any, settings: Any, screenshots: Path) -> None:
 
 
 def latest_successful_run(airflow: Any, dag_id: str) -> str:
-    runs = airflow.runs(dag_id, state="success", order_by="-run_after", limit=1)
+    runs = airflow.dag_runs.get_dag_runs(dag_id, state=["success"], order_by=["-run_after"],
+                                         limit=1).dag_runs
     assert runs, f"{dag_id} has no successful run"
-    return runs[0]["dag_run_id"]
+    return runs[0].dag_run_id
 
 
 def test_airflow_lists_both_dags_with_a_successful_run(journey, page, airflow, stack_settings,

@@ -81,13 +81,14 @@ def test_demo_served_a_champion(journey, airflow, stack_settings) -> None:
     assert journey.model["name"] == stack_settings.model_name
     assert journey.model["alias"] == stack_settings.champion_alias
     for dag_id in (ETL_DAG, TRAIN_DAG):
-        assert airflow.dag(dag_id)["is_paused"] is False
-    etl_run = airflow.run(ETL_DAG, f"manual__{journey.month}")
-    assert etl_run["state"] == "success"
-    assert etl_run["data_interval_start"].startswith(f"{journey.month}-01")
-    followers = [r for r in airflow.runs(TRAIN_DAG, order_by="-run_after", limit=20)
-                 if r["run_type"] == "asset_triggered" and r["run_after"] >= etl_run["start_date"]]
-    assert any(r["state"] == "success" for r in followers), followers
+        assert airflow.dags.get_dag(dag_id).is_paused is False
+    etl_run = airflow.dag_runs.get_dag_run(ETL_DAG, f"manual__{journey.month}")
+    assert etl_run.state == "success"
+    assert etl_run.data_interval_start.isoformat().startswith(f"{journey.month}-01")
+    followers = [r for r in airflow.dag_runs.get_dag_runs(
+        TRAIN_DAG, order_by=["-run_after"], limit=20).dag_runs
+                 if r.run_type == "asset_triggered" and r.run_after >= etl_run.start_date]
+    assert any(r.state == "success" for r in followers), followers
 
 
 def test_raw_partitions_hold_every_exported_record(journey, lake, shared_data,
@@ -225,10 +226,11 @@ def rerun(journey, airflow, lake, mlflow_client, stack_settings) -> dict[str, An
         "champion": str(champion_version(mlflow_client, stack_settings).version),
         "versions": {str(v.version) for v in mlflow_client.search_model_versions(
             f"name = '{name}'")},
-        "train_runs": {r["dag_run_id"] for r in airflow.runs(TRAIN_DAG, limit=100)},
+        "train_runs": {r.dag_run_id for r in airflow.dag_runs.get_dag_runs(
+            TRAIN_DAG, limit=100).dag_runs},
     }
     etl_run = run_etl(airflow, journey.month)
-    train_run = wait_for_training(airflow, after=etl_run["start_date"])
+    train_run = wait_for_training(airflow, after=etl_run.start_date)
     after = {
         "snapshot": lake.snapshot(),
         "champion": str(champion_version(mlflow_client, stack_settings).version),
@@ -239,9 +241,9 @@ def rerun(journey, airflow, lake, mlflow_client, stack_settings) -> dict[str, An
 
 
 def test_rerun_ran_etl_and_training_again(rerun) -> None:
-    assert rerun["etl_run"]["state"] == "success"
-    assert rerun["train_run"]["state"] == "success"
-    assert rerun["train_run"]["dag_run_id"] not in rerun["before"]["train_runs"]
+    assert rerun["etl_run"].state == "success"
+    assert rerun["train_run"].state == "success"
+    assert rerun["train_run"].dag_run_id not in rerun["before"]["train_runs"]
 
 
 def test_rerun_changes_no_object_of_the_lake(rerun) -> None:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import mlflow
 import pytest
+from airflow_client.client import DAGPatchBody
 
 from chicago_crime import layout
-from chicago_crime.devtools.airflow_client import AirflowClient
+from chicago_crime.devtools.airflow_api import connect, wait_for_dag
 from chicago_crime.devtools.demo import run_etl
 from chicago_crime.ingest import crime_months
 from chicago_crime.lake import Lake
@@ -24,18 +25,18 @@ MONTH = "2018-06"
 
 @pytest.fixture(scope="module")
 def etl_run(stack_settings):
-    client = AirflowClient(stack_settings)
-    client.wait_for_dag(DAG_ID)
-    client.set_paused(DAG_ID, False)
-    run = run_etl(client, MONTH)
-    return client, run
+    af = connect(stack_settings)
+    wait_for_dag(af, DAG_ID)
+    af.dags.patch_dag(DAG_ID, DAGPatchBody(is_paused=False))
+    run = run_etl(af, MONTH)
+    return af, run
 
 
 def test_run_covers_the_month_as_its_data_interval(etl_run):
     _, run = etl_run
-    assert run["state"] == "success"
-    assert run["data_interval_start"].startswith("2018-06-01")
-    assert run["data_interval_end"].startswith("2018-07-01")
+    assert run.state == "success"
+    assert run.data_interval_start.isoformat().startswith("2018-06-01")
+    assert run.data_interval_end.isoformat().startswith("2018-07-01")
 
 
 def test_raw_partitions_match_the_portal_exports(etl_run, stack_settings, shared_data):
@@ -83,16 +84,15 @@ def test_quality_run_logged_to_mlflow(etl_run, stack_settings):
 
 
 def test_asset_event_names_the_month(etl_run):
-    client, _ = etl_run
-    events = client.request("GET", "/assets/events", params={"order_by": "-timestamp",
-                                                             "limit": 20})["asset_events"]
-    months = [e["extra"].get("month") for e in events if e["extra"]]
+    af, _ = etl_run
+    events = af.assets.get_asset_events(order_by=["-timestamp"], limit=20).asset_events
+    months = [e.extra.get("month") for e in events if e.extra]
     assert MONTH in months
 
 
 def test_rerunning_the_month_changes_no_object(etl_run, stack_settings):
-    client, _ = etl_run
+    af, _ = etl_run
     lake = Lake(settings=stack_settings)
     before = lake.snapshot()
-    run_etl(client, MONTH)
+    run_etl(af, MONTH)
     assert lake.snapshot() == before

@@ -10,10 +10,11 @@ import pandas as pd
 import psycopg2
 import pytest
 import redis
+from airflow_client.client import DAGPatchBody, TriggerDAGRunPostBody
 from botocore.exceptions import ClientError
 from pydantic import SecretStr
 
-from chicago_crime.devtools.airflow_client import AirflowClient
+from chicago_crime.devtools.airflow_api import connect, wait_for_dag, wait_for_run
 from chicago_crime.lake import Lake
 
 pytestmark = pytest.mark.integration
@@ -80,19 +81,19 @@ def test_mlflow_logs_a_run_and_an_artifact(stack_settings, tmp_path):
 
 
 def test_taskflow_dag_runs_on_a_celery_worker(stack_settings):
-    client = AirflowClient(stack_settings)
-    client.wait_for_dag("platform_smoke")
-    client.set_paused("platform_smoke", False)
-    run = client.trigger("platform_smoke", run_id=f"test__{uuid.uuid4().hex[:12]}")
-    done = client.wait_for_run("platform_smoke", run["dag_run_id"], timeout=180)
-    assert done["state"] == "success"
-    tis = client.task_instances("platform_smoke", run["dag_run_id"])
-    assert {ti["task_id"]: ti["state"] for ti in tis} == {
+    af = connect(stack_settings)
+    wait_for_dag(af, "platform_smoke")
+    af.dags.patch_dag("platform_smoke", DAGPatchBody(is_paused=False))
+    run = af.dag_runs.trigger_dag_run("platform_smoke", TriggerDAGRunPostBody(
+        dag_run_id=f"test__{uuid.uuid4().hex[:12]}"))
+    done = wait_for_run(af, "platform_smoke", run.dag_run_id, timeout=180)
+    assert done.state == "success"
+    tis = af.task_instances.get_task_instances("platform_smoke", run.dag_run_id).task_instances
+    assert {ti.task_id: ti.state.value for ti in tis} == {
         "where_am_i": "success", "echo": "success"}
-    xcom = client.request(
-        "GET", f"/dags/platform_smoke/dagRuns/{run['dag_run_id']}/taskInstances/where_am_i"
-        "/xcomEntries/return_value")
-    assert xcom["value"]["on_celery_worker"] is True
+    xcom = af.xcom.get_xcom_entry("platform_smoke", "where_am_i", run.dag_run_id,
+                                  "return_value").actual_instance
+    assert xcom.value["on_celery_worker"] is True
 
 
 def _pids() -> dict[str, str]:

@@ -14,9 +14,10 @@ from typing import Any
 
 import psutil
 import pytest
+from airflow_client.client import DAGPatchBody, TaskInstanceResponse
 
 from chicago_crime.devtools import demo, stack
-from chicago_crime.devtools.airflow_client import AirflowClient
+from chicago_crime.devtools.airflow_api import connect, wait_for_dag
 from chicago_crime.devtools.launch import tagged_processes
 from chicago_crime.devtools.loadgen import Load
 from chicago_crime.stages import STAGES
@@ -124,9 +125,9 @@ def test_a_sigkilled_api_comes_back_by_itself(settings, load):
 
 
 def test_a_task_on_a_sigkilled_worker_is_retried_and_its_run_succeeds(settings, champion):
-    client = AirflowClient(settings)
-    client.wait_for_dag(demo.ETL_DAG)
-    client.set_paused(demo.ETL_DAG, False)
+    af = connect(settings)
+    wait_for_dag(af, demo.ETL_DAG)
+    af.dags.patch_dag(demo.ETL_DAG, DAGPatchBody(is_paused=False))
     worker = pid_of("airflow-worker")
     old_tag = (stack.SVC / "run" / "airflow-worker.launch").read_text().strip()
     others = {k: v for k, v in all_pids().items() if k != "airflow-worker"}
@@ -134,7 +135,7 @@ def test_a_task_on_a_sigkilled_worker_is_retried_and_its_run_succeeds(settings, 
 
     def run() -> None:
         try:
-            outcome["run"] = demo.run_etl(client, MONTH)
+            outcome["run"] = demo.run_etl(af, MONTH)
         except Exception as exc:  # reported by the main thread
             outcome["error"] = exc
 
@@ -143,13 +144,13 @@ def test_a_task_on_a_sigkilled_worker_is_retried_and_its_run_succeeds(settings, 
     run_id = f"manual__{MONTH}"
     long_tasks = {stage.task_id for stage in STAGES}  # the ETL stages after ingestion
 
-    def running_task() -> dict[str, Any] | None:
+    def running_task() -> TaskInstanceResponse | None:
         try:
-            tis = client.task_instances(demo.ETL_DAG, run_id)
+            tis = af.task_instances.get_task_instances(demo.ETL_DAG, run_id).task_instances
         except Exception:
             return None
-        return next((ti for ti in tis if ti["task_id"] in long_tasks
-                     and ti["state"] == "running"), None)
+        return next((ti for ti in tis if ti.task_id in long_tasks and ti.state == "running"),
+                    None)
 
     wait_until("a long ETL task running", lambda: running_task() is not None, 600)
     victim = running_task()
@@ -157,30 +158,30 @@ def test_a_task_on_a_sigkilled_worker_is_retried_and_its_run_succeeds(settings, 
     killed = time.monotonic()
     os.kill(worker, signal.SIGKILL)
 
-    def task_state() -> dict[str, Any]:
-        return next(ti for ti in client.task_instances(demo.ETL_DAG, run_id)
-                    if ti["task_id"] == victim["task_id"])
+    def task_state() -> TaskInstanceResponse:
+        tis = af.task_instances.get_task_instances(demo.ETL_DAG, run_id).task_instances
+        return next(ti for ti in tis if ti.task_id == victim.task_id)
 
     restarted = wait_until("a new worker process",
                            lambda: pid_of("airflow-worker") not in {0, worker}, 60, killed)
     detected = wait_until("the killed attempt failed",
-                          lambda: task_state()["state"] != "running"
-                          or task_state()["try_number"] > victim["try_number"], 300, killed)
+                          lambda: task_state().state != "running"
+                          or task_state().try_number > victim.try_number, 300, killed)
     back = wait_until("the worker answering again",
                       lambda: stack.app_probe("airflow-worker", settings)[0], 120, killed)
     orphans = tagged_processes(old_tag)
     retried = wait_until("the task retried",
-                         lambda: task_state()["try_number"] > victim["try_number"]
-                         and task_state()["state"] in {"running", "success"}, 300, killed)
+                         lambda: task_state().try_number > victim.try_number
+                         and task_state().state in {"running", "success"}, 300, killed)
     runner.join(timeout=900)
     total = time.monotonic() - killed
-    report("SIGKILL of the Celery worker during " + victim["task_id"] + " (seconds after "
+    report("SIGKILL of the Celery worker during " + victim.task_id + " (seconds after "
            "the kill)", worker_restarted_s=round(restarted, 1),
            worker_answers_ping_s=round(back, 1), attempt_failed_s=round(detected, 1),
            retry_running_s=round(retried, 1), run_success_s=round(total, 1),
            orphans_left=len(orphans))
     assert "error" not in outcome, outcome.get("error")
-    assert outcome["run"]["state"] == "success"
+    assert outcome["run"].state == "success"
     assert not orphans, [p.pid for p in orphans]
     assert retried < 120  # the heartbeat timeout (30 s) + the retry delay, not 5 minutes
     assert {k: v for k, v in all_pids().items() if k != "airflow-worker"} == others

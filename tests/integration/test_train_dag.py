@@ -5,9 +5,10 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from airflow_client.client import DAGPatchBody, TriggerDAGRunPostBody
 
 from chicago_crime import layout
-from chicago_crime.devtools.airflow_client import AirflowClient
+from chicago_crime.devtools.airflow_api import connect, wait_for_dag, wait_for_run
 from chicago_crime.devtools.demo import run_etl
 from chicago_crime.lake import Lake
 from chicago_crime.model import registry
@@ -20,27 +21,27 @@ MONTH = "2018-06"
 @pytest.fixture(scope="module")
 def processed_month(stack_settings):
     """Make sure the month went through the ETL (the ETL DAG test usually did it)."""
-    client = AirflowClient(stack_settings)
+    af = connect(stack_settings)
     if not Lake(settings=stack_settings).exists(
             layout.fitted_key(MONTH, "select")):
-        client.wait_for_dag("etl_with_taskflow")
-        client.set_paused("etl_with_taskflow", False)
-        run_etl(client, MONTH)
-    return client
+        wait_for_dag(af, "etl_with_taskflow")
+        af.dags.patch_dag("etl_with_taskflow", DAGPatchBody(is_paused=False))
+        run_etl(af, MONTH)
+    return af
 
 
 def test_manual_training_of_a_processed_month(processed_month, stack_settings):
-    client = processed_month
-    client.wait_for_dag("train_model")
-    client.set_paused("train_model", False)
+    af = processed_month
+    wait_for_dag(af, "train_model")
+    af.dags.patch_dag("train_model", DAGPatchBody(is_paused=False))
     mlflow_client = registry.client_for(stack_settings)
     name = stack_settings.model_name
     run_id = f"manual__test_{uuid.uuid4().hex[:8]}"
-    client.trigger("train_model", run_id=run_id, conf={"month": MONTH})
-    client.wait_for_run("train_model", run_id, timeout=1500)
-    result = client.request(
-        "GET", f"/dags/train_model/dagRuns/{run_id}/taskInstances/train_and_register"
-        "/xcomEntries/return_value")["value"]
+    af.dag_runs.trigger_dag_run("train_model", TriggerDAGRunPostBody(
+        dag_run_id=run_id, conf={"month": MONTH}))
+    wait_for_run(af, "train_model", run_id, timeout=1500)
+    result = af.xcom.get_xcom_entry("train_model", "train_and_register", run_id,
+                                    "return_value").actual_instance.value
     assert result["version"]
     version = mlflow_client.get_model_version(name, str(result["version"]))
     assert "challenger" in version.aliases or result["promoted"]

@@ -16,10 +16,23 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from airflow_client.client import (
+    DAGPatchBody,
+    DAGRunClearBody,
+    DAGRunResponse,
+    TriggerDAGRunPostBody,
+)
+from airflow_client.client.exceptions import ApiException, ConflictException
 
 from chicago_crime import layout
 from chicago_crime.config import Settings, get_settings
-from chicago_crime.devtools.airflow_client import AirflowClient, AirflowError
+from chicago_crime.devtools.airflow_api import (
+    Airflow,
+    AirflowError,
+    connect,
+    wait_for_dag,
+    wait_for_run,
+)
 
 ETL_DAG = "etl_with_taskflow"
 TRAIN_DAG = "train_model"
@@ -48,32 +61,30 @@ def say(message: str) -> None:
     print(f"[{datetime.now():%H:%M:%S}] {message}", flush=True)
 
 
-def run_etl(client: AirflowClient, month: str) -> dict[str, Any]:
+def run_etl(af: Airflow, month: str) -> DAGRunResponse:
     """Trigger (or, for a month already run, clear and rerun) the ETL run of ``month``."""
     _, end = layout.month_bounds(month)
     run_id = f"manual__{month}"
     try:
-        client.trigger(ETL_DAG, logical_date=end.isoformat() + "Z", run_id=run_id)
+        af.dag_runs.trigger_dag_run(ETL_DAG, TriggerDAGRunPostBody(
+            dag_run_id=run_id, logical_date=end.replace(tzinfo=UTC), conf={}))
         say(f"triggered {ETL_DAG} for {month} (run {run_id})")
-    except AirflowError as exc:
-        if "409" not in str(exc):
-            raise
-        client.clear_run(ETL_DAG, run_id)
+    except ConflictException:
+        af.dag_runs.clear_dag_run(ETL_DAG, run_id, DAGRunClearBody(dry_run=False))
         say(f"{ETL_DAG} already ran for {month}: cleared run {run_id} to run it again")
-    return client.wait_for_run(ETL_DAG, run_id, timeout=1800, on_progress=say)
+    return wait_for_run(af, ETL_DAG, run_id, timeout=1800, on_progress=say)
 
 
-def wait_for_training(client: AirflowClient, after: str, timeout: float = 1800) -> dict[str, Any]:
+def wait_for_training(af: Airflow, after: datetime, timeout: float = 1800) -> DAGRunResponse:
     """Wait for the train_model run the ETL's asset event queued after ``after``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        runs = [r for r in client.runs(TRAIN_DAG, order_by="-run_after", limit=5)
-                if (r.get("run_after") or "") >= after]
+        runs = af.dag_runs.get_dag_runs(TRAIN_DAG, run_after_gte=after, order_by=["-run_after"],
+                                        limit=5).dag_runs
         if runs:
             run = runs[0]
-            say(f"{TRAIN_DAG} run {run['dag_run_id']} started by the asset event")
-            return client.wait_for_run(TRAIN_DAG, run["dag_run_id"], timeout=timeout,
-                                       on_progress=say)
+            say(f"{TRAIN_DAG} run {run.dag_run_id} started by the asset event")
+            return wait_for_run(af, TRAIN_DAG, run.dag_run_id, timeout=timeout, on_progress=say)
         time.sleep(3)
     raise AirflowError(f"no {TRAIN_DAG} run appeared within {timeout:.0f}s")
 
@@ -140,13 +151,14 @@ def run_demo(month: str, settings: Settings | None = None) -> dict[str, Any]:
     """The whole journey; returns the served model's description."""
     settings = settings or get_settings()
     started = time.monotonic()
-    client = AirflowClient(settings)
+    af = connect(settings)
     for dag_id in (ETL_DAG, TRAIN_DAG):
-        client.wait_for_dag(dag_id)
-    client.set_paused(TRAIN_DAG, False)  # follows the ETL through the asset
-    client.set_paused(ETL_DAG, False)
-    etl_run = run_etl(client, month)
-    wait_for_training(client, after=etl_run["start_date"])
+        wait_for_dag(af, dag_id)
+    # train_model first: it follows the ETL through the asset
+    for dag_id in (TRAIN_DAG, ETL_DAG):
+        af.dags.patch_dag(dag_id, DAGPatchBody(is_paused=False))
+    etl_run = run_etl(af, month)
+    wait_for_training(af, after=etl_run.start_date)
     model = wait_for_champion(settings)
     print_summary(settings, model, time.monotonic() - started)
     return model
@@ -160,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     month = args.month or default_month(args.data or None)
     try:
         run_demo(month)
-    except (AirflowError, RuntimeError) as exc:
+    except (ApiException, RuntimeError) as exc:  # AirflowError is one
         print(f"demo failed: {exc}", file=sys.stderr)
         return 1
     return 0
