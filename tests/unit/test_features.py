@@ -145,7 +145,8 @@ def window_xy(shared_data) -> tuple[np.ndarray, np.ndarray]:
     raw12 = pd.concat(frames, ignore_index=True)
     x, y = R.frame_coordinates(raw12)
     located = ~np.isnan(x) & ~np.isnan(y)
-    assert len(raw12) > 260_000 and located.sum() > 0.98 * len(raw12)
+    assert sorted(raw12["date"].str[:7].unique()) == months
+    assert len(raw12) > 2 * F.MATRIX_NEAREST_MAX_ROWS and located.sum() > 0.98 * len(raw12)
     return x[located], y[located]
 
 

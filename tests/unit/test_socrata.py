@@ -48,9 +48,9 @@ def test_month_matches_the_export(server, shared_data):
 def test_paging_reads_every_page(server):
     one_page = client_for(server).crimes(*month_bounds("2018-02"))
     server.reset_stats()
-    paged = client_for(server, socrata_page_size=4000).crimes(*month_bounds("2018-02"))
+    paged = client_for(server, socrata_page_size=400).crimes(*month_bounds("2018-02"))
     pd.testing.assert_frame_equal(paged, one_page)
-    assert server.stats[f"requests:{CRIMES_DATASET}"] == len(one_page) // 4000 + 1
+    assert server.stats[f"requests:{CRIMES_DATASET}"] == len(one_page) // 400 + 1 > 3
 
 
 def test_stations(server, shared_data):

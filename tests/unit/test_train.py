@@ -107,7 +107,7 @@ def test_pipeline_accepts_records_exactly_as_the_soda_api_returns_them(
     model = _model(trained, trained["result"]["version"])
     with ReplayServer(shared_data) as server:
         response = httpx.get(f"{server.url}/resource/ijzp-q8t2.json", params={
-            "$where": "date between '2018-06-10T00:00:00' and '2018-06-11T00:00:00'",
+            "$where": "date between '2018-06-10T00:00:00' and '2018-06-15T00:00:00'",
             "$limit": "300", "$order": "id"})
     records = response.json()
     assert len(records) == 300 and isinstance(records[0]["domestic"], bool)
