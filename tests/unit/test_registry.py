@@ -154,6 +154,8 @@ def test_cli_rollback_and_champion(reg: dict[str, Any], monkeypatch: pytest.Monk
                                    capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", reg["uri"])
     monkeypatch.setenv("MODEL_NAME", reg["name"])
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):  # required; no .env needed
+        monkeypatch.setenv(name, "testing")
     assert cli.main(["champion"]) == 1
     assert "no champion" in capsys.readouterr().err
     _train(reg, Scores(noise=3.0))

@@ -181,6 +181,8 @@ def test_cli_prints_the_champion(trained: dict[str, Any], monkeypatch: pytest.Mo
     settings = trained["settings"]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", settings.mlflow_tracking_uri)
     monkeypatch.setenv("MODEL_NAME", settings.model_name)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):  # required; no .env needed
+        monkeypatch.setenv(name, "testing")
     assert cli.main(["champion"]) == 0
     assert json.loads(capsys.readouterr().out)["version"] == "1"
 
