@@ -361,7 +361,9 @@ def gate(client: Any, name: str, version: str, score: Callable[[Any], float] | E
             decision.champion_score = decision.challenger_score
             decision.reason = "this version is already the champion"
         else:
-            if newer is not None and champion is not None and challenger_end and champion_end:
+            older = bool(challenger_end and champion_end and challenger_end < champion_end)
+            if newer is not None and champion is not None and challenger_end and champion_end \
+                    and not older:
                 step = "choosing records newer than both windows"
                 later = newer(max(challenger_end, champion_end))
                 if later is not None:
@@ -370,7 +372,6 @@ def gate(client: Any, name: str, version: str, score: Callable[[Any], float] | E
             step = "scoring the challenger"
             decision.challenger_score = float(evaluation.score(
                 challenger_model if challenger_model is not None else load(name, version)))
-            older = bool(challenger_end and champion_end and challenger_end < champion_end)
             if champion is not None and not older:
                 step = f"scoring the champion v{champion_version}"
                 decision.champion_score = float(evaluation.score(load(name, champion_version)))
