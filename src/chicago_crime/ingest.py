@@ -213,14 +213,14 @@ def build_window(month: str, lake: Lake, settings: Settings | None = None) -> di
     """
     present = set(crime_months(lake))
     months = [m for m in month_range(month, WINDOW_MONTHS) if m in present]
-    if month not in present:
-        raise IngestError(f"{month}: no raw crimes partition {raw_crimes_key(month)}; "
-                          "run download_data first")
     missing = missing_months(month, lake, settings)
     if missing:
         raise IngestError(f"{month}: the window misses the month(s) {', '.join(missing)} "
                           f"({lake.uri(MONTHLY_PREFIX)}); run download_data again, it "
                           "downloads every missing month")
+    if month not in present:
+        raise IngestError(f"{month}: no raw crimes partition {raw_crimes_key(month)}; "
+                          "run download_data first")
     frames = [read_raw_csv(lake, raw_crimes_key(m)) for m in months]
     df = pd.concat(frames, ignore_index=True)[list(CRIME_FIELDS)]
     updated = pd.to_datetime(df["updated_on"], format="ISO8601", errors="coerce")
