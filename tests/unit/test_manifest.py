@@ -60,8 +60,8 @@ def test_each_stage_writes_its_manifest_last(small: dict[str, Any]) -> None:
     lake, writes = small["lake"], small["writes"]
     for stage in stages.NAMES:
         prefix = layout.stage_prefix(MONTH, stage)
-        own = [k for k in writes if (k.startswith(prefix) or k == layout.enriched_key(MONTH)
-                                     and stage == stages.ENRICH)
+        own = [k for k in writes if (k.startswith(prefix) or (k == layout.enriched_key(MONTH)
+                                     and stage == stages.ENRICH))
                and not k.endswith(layout.CLAIM_FILE)]
         assert own[-1] == layout.manifest_key(MONTH, stage), (stage, own)
         manifest = lake.read_json(layout.manifest_key(MONTH, stage))
