@@ -13,14 +13,17 @@ bytes it returns against the manifest: a stage without a manifest is not publish
 
 Why no per-attempt folders: the lake keeps one inspectable folder per stage (the course's
 layout, browsable in the console), and a rerun of a month rewrites the same keys with the same
-bytes. Instead, an attempt first **claims** the stage: it writes ``attempt.json`` (its unique
-token) and withdraws the published manifest, so nothing reads the stage while it is rewritten.
-Before each write and before publishing it checks the claim is still its own, so an attempt
-that Airflow gave up on (a killed worker whose process still runs) stops at its next write
-once its successor has claimed the stage, and never publishes. A write already in flight at
-that moment either rewrites the same bytes (the stages are deterministic for the same inputs
-and seed) or no longer matches the successor's manifest, and readers then refuse the stage
-(rerunning it repairs it): stale or mixed outputs are never used silently.
+bytes, leaving the lake byte-identical (the manifest too: an identical rerun keeps the manifest
+of the attempt that first published those bytes). Instead, an attempt first **claims** the
+stage by writing ``attempt.json`` (its unique token). Before each write and before publishing
+it checks the claim is still its own, so an attempt that Airflow gave up on (a killed worker
+whose process still runs) stops at its next write once its successor has claimed the stage,
+and never publishes. While an attempt rewrites a stage, readers keep checking the objects
+against the manifest still published: identical bytes pass, changed bytes are refused until
+the new manifest lands. A write already in flight when the successor claimed the stage either
+rewrites the same bytes (the stages are deterministic for the same inputs and seed) or no
+longer matches the successor's manifest, and readers then refuse the stage (rerunning it
+repairs it): stale, partial or mixed outputs are never used silently.
 
 Hand-written because no library fits: S3 has no multi-object transaction, and the table
 formats that add one (Delta, Iceberg) would replace the plain Parquet/CSV/skops layout.
@@ -28,6 +31,7 @@ formats that add one (Delta, Iceberg) would replace the plain Parquet/CSV/skops 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -101,10 +105,8 @@ class Publication:
         return self.prefix + CLAIM
 
     def claim(self) -> None:
-        """Take the stage over: record this attempt, then withdraw the published manifest."""
+        """Take the stage over (a later attempt's claim supersedes this one)."""
         self.lake.write_json(self.claim_key, self.attempt)
-        if self.lake.exists(self.manifest_key):
-            self.lake.delete(self.manifest_key)
 
     def check(self) -> None:
         """Raise :class:`SupersededAttempt` when the claim is no longer this attempt's."""
@@ -130,8 +132,22 @@ class Publication:
         self.objects[name] = {"key": key, "sha256": sha256(data), "bytes": len(data)}
 
     def publish(self) -> dict[str, Any]:
-        """Write the manifest (last) and release the claim; returns the manifest."""
+        """Write the manifest (last) and release the claim; returns the manifest.
+
+        When the published manifest already lists exactly these objects built from the same
+        sources (an identical rerun), it is kept as it is: the lake stays byte-identical.
+        """
         self.check()
+        if self.lake.exists(self.manifest_key):
+            with contextlib.suppress(ValueError):
+                current = self.lake.read_json(self.manifest_key)
+                if isinstance(current, dict) and current.get("objects") == self.objects \
+                        and current.get("sources") == self.sources \
+                        and current.get("digest") == digest(self.objects):
+                    self.lake.delete(self.claim_key)
+                    log.info("%s %s unchanged: %s kept", self.stage, self.month,
+                             self.lake.uri(self.manifest_key))
+                    return current
         manifest = {
             "format": FORMAT, "stage": self.stage, "month": self.month,
             "objects": self.objects, "digest": digest(self.objects), "sources": self.sources,
@@ -194,10 +210,12 @@ class Published:
         data = self.lake.get_bytes(key)
         expected = self.manifest["objects"][name]["sha256"]
         if sha256(data) != expected:
+            busy = ("an attempt is rewriting the stage or was interrupted"
+                    if self.lake.exists(self.prefix + CLAIM)
+                    else "it was changed after the stage was published")
             raise StageIntegrityError(
                 f"{self.lake.uri(key)} does not match the manifest of stage {self.stage!r} "
-                f"(written by {self.manifest.get('written_by')}); it was changed after the "
-                "stage was published: rerun the stage")
+                f"(written by {self.manifest.get('written_by')}): {busy}; rerun the stage")
         return data
 
     def verify(self) -> None:

@@ -108,16 +108,21 @@ def test_an_interrupted_attempt_leaves_the_stage_unpublished_until_rerun(small, 
                          attempt_identity(run_id="killed", try_number=1))
     killed.claim()
     killed.put("train", layout.data_key(MONTH, "scale", "train"), b"half of a stage")
-    # ... SIGKILL: no manifest
+    # ... SIGKILL: its objects no longer match the manifest still published
+    with pytest.raises(StageIntegrityError, match="rewriting the stage or was interrupted"):
+        etl.run_stage("balance", MONTH, lake, settings)
+    with pytest.raises(StageIntegrityError):
+        train.load_month(MONTH, lake, settings)
+    # the first attempt ever at a stage leaves no manifest at all
+    lake.delete(layout.manifest_key(MONTH, "scale"))
     with pytest.raises(StageNotPublished, match="attempt that has not finished"):
         etl.run_stage("balance", MONTH, lake, settings)
-    with pytest.raises(train.TrainingDataMissing):
-        train.load_month(MONTH, lake, settings)
     retry = etl.run_stage("scale", MONTH, lake, settings,
                           attempt=attempt_identity(run_id="killed", try_number=2))
     assert retry["status"] == etl.OK
     written_by = lake.read_json(layout.manifest_key(MONTH, "scale"))["written_by"]
     assert (written_by["run_id"], written_by["try_number"]) == ("killed", 2)
+    assert not lake.exists(layout.stage_key(MONTH, "scale", layout.CLAIM_FILE))
     etl.published(lake, MONTH, "scale").verify()
     assert etl.published_chain(lake, MONTH)  # identical bytes: the chain holds
 
@@ -128,10 +133,12 @@ def test_a_superseded_attempt_can_neither_write_nor_publish(small, restore) -> N
     prefix, key = layout.stage_prefix(MONTH, "encode"), layout.data_key(MONTH, "encode", "train")
     zombie = Publication(lake, prefix, "encode", MONTH, attempt_identity(run_id="r", try_number=1))
     zombie.claim()
+    zombie.put("train", key, b"stale bytes")  # writes while it still holds the claim
     successor = etl.run_stage("encode", MONTH, lake, settings,
                               attempt=attempt_identity(run_id="r", try_number=2))
     assert successor["status"] == etl.OK
     good = etl.published(lake, MONTH, "encode")
+    good.verify()  # the successor rewrote the object: consistent again
     with pytest.raises(SupersededAttempt):
         zombie.put("train", key, b"stale bytes")
     with pytest.raises(SupersededAttempt):
