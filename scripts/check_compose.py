@@ -797,7 +797,8 @@ def check_lock_versions(p: Project) -> Problems:
     for path in sorted((p.root / "dockerfiles").glob("*/requirements.lock")):
         rel = p.rel(path)
         for line in path.read_text(encoding="utf-8").splitlines():
-            m = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)\s*==\s*([^\s;\\]+)", line)
+            m = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?\s*==\s*([^\s;\\]+)",
+                         line)
             if m:
                 name = normalise(m[1])
                 if name not in lock:
