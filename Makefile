@@ -34,12 +34,29 @@ install-native: $(VENV)/.installed ## Install system packages (apt), the pinned 
 	@# Strip notebook outputs on commit (.gitattributes names the filter; git config is per clone).
 	@if [ -d .git ]; then $(VENV)/bin/nbstripout --install; fi
 
+# Every package (setuptools, the build backend, too) comes from requirements.lock and must match
+# one of its SHA-256 hashes; the project itself is built without fetching anything else.
 $(VENV)/.installed: requirements.lock pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.lock
-	$(PY) -m pip install -q --no-deps -e .
+	$(PY) -m pip install -q --require-hashes -r requirements.lock
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	@touch $@
+
+LOCK_VENV ?= .lock-venv
+PIP_COMPILE = CUSTOM_COMPILE_COMMAND="make lock" $(LOCK_VENV)/bin/pip-compile --quiet \
+  --generate-hashes --allow-unsafe --no-emit-index-url --no-emit-find-links
+.PHONY: lock
+lock: ## Regenerate requirements.lock from requirements.in, with the hash of every file the indexes offer
+	@test -x $(LOCK_VENV)/bin/pip-compile || { python3 -m venv $(LOCK_VENV) && \
+	  $(LOCK_VENV)/bin/pip install -q pip-tools==7.6.2; }
+	$(PIP_COMPILE) --output-file requirements.lock requirements.in
+	@# One lock per image, the same versions (constrained by requirements.in) and the same hashes.
+	$(PIP_COMPILE) -c requirements.in --extra serve --output-file dockerfiles/fastapi/requirements.lock \
+	  pyproject.toml dockerfiles/build.in
+	$(PIP_COMPILE) -c requirements.in --extra airflow --output-file dockerfiles/airflow/requirements.lock \
+	  pyproject.toml dockerfiles/airflow/requirements.in dockerfiles/build.in
+	$(PIP_COMPILE) -c requirements.in --output-file dockerfiles/mlflow/requirements.lock \
+	  dockerfiles/mlflow/requirements.in
 
 .PHONY: install-browser
 install-browser: ## Install Debian chromium for the real-browser checks

@@ -42,7 +42,7 @@ def one_run(settings: Any, month: str) -> dict[str, float]:
         t1 = time.perf_counter()
         result = download_data(month, lake, SocrataClient(s), s)
         t2 = time.perf_counter()
-        window = build_window(month, lake)
+        window = build_window(month, lake, s)
         t3 = time.perf_counter()
     finally:
         for key in lake.list_keys():

@@ -27,7 +27,9 @@ Checks (see ``CHECKS``):
 * ``airflow-config``: every ``AIRFLOW__SECTION__KEY`` is an option of the installed (locked)
   Airflow core or one of its providers (a misspelt option is silently ignored by Airflow).
 * ``lock-versions``: base image versions and pip pins in Dockerfiles equal ``requirements.lock``;
-  local installs use the lock as constraints; built image tags match the versions they carry.
+  every ``pip install`` runs with ``--require-hashes`` from an image lock
+  (``dockerfiles/*/requirements.lock``: every pin hashed, every version the root lock's), except
+  the project's own ``--no-deps`` build; built image tags match the versions they carry.
 * ``hardening``: images pinned by tag; non-root images and users; no ``container_name`` (so
   workers scale); only UIs and the API published, bound to ``BIND_HOST``; no secrets in
   Dockerfiles or build contexts; the API image has no Airflow.
@@ -758,45 +760,54 @@ def check_lock_versions(p: Project) -> Problems:
                 problems.append(f"{rel}:{ins.line}: base image python:{tag} but the project "
                                 f"requires Python {py}")
         for ins, tokens in pip_installs(instructions):
-            constraint = None
             local = False
+            specs: list[str] = []
             skip_next = False
             for i, tok in enumerate(tokens):
                 if skip_next:
                     skip_next = False
                     continue
                 if tok in {"-c", "--constraint", "-r", "--requirement"}:
-                    if tok in {"-c", "--constraint"} and i + 1 < len(tokens):
-                        constraint = tokens[i + 1]
-                    skip_next = True
-                    continue
-                if tok.startswith("--constraint="):
-                    constraint = tok.split("=", 1)[1]
+                    skip_next = i + 1 < len(tokens)
                     continue
                 if tok.startswith("-"):
                     continue
                 if tok.startswith((".", "/")):
                     local = True
                     continue
+                specs.append(tok)
+            if "--require-hashes" not in tokens and not (
+                    local and not specs and "--no-deps" in tokens):
+                problems.append(f"{rel}:{ins.line}: pip install without --require-hashes (install "
+                                "from the image's hashed lock; only the project itself may be "
+                                "built with --no-deps)")
+            for tok in specs:
                 m = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?(.*)$", tok)
                 if not m:
                     continue
                 name, spec = normalise(m[1]), m[3]
                 pin = re.fullmatch(r"==([^\s;,]+)", spec)
-                if not spec:
-                    if constraint is None:
-                        problems.append(f"{rel}:{ins.line}: `{m[1]}` is not pinned (pin it or "
-                                        f"install with --constraint requirements.lock)")
-                elif not pin:
+                if not pin:
                     problems.append(f"{rel}:{ins.line}: `{tok}` must be pinned with ==")
                 elif name not in lock:
                     problems.append(f"{rel}:{ins.line}: `{tok}` is not in requirements.lock")
                 elif pin[1] != lock[name]:
                     problems.append(f"{rel}:{ins.line}: pins {m[1]}=={pin[1]} but "
                                     f"requirements.lock has {m[1]}=={lock[name]}")
-            if local and (constraint is None or Path(constraint).name != "requirements.lock"):
-                problems.append(f"{rel}:{ins.line}: installs the project without "
-                                f"--constraint requirements.lock (versions would drift)")
+    for path in sorted((p.root / "dockerfiles").glob("*/requirements.lock")):
+        rel = p.rel(path)
+        for line in path.read_text(encoding="utf-8").splitlines():
+            m = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?\s*==\s*([^\s;\\]+)",
+                         line)
+            if m:
+                name = normalise(m[1])
+                if name not in lock:
+                    problems.append(f"{rel}: {m[1]}=={m[2]} is not in requirements.lock")
+                elif m[2] != lock[name]:
+                    problems.append(f"{rel} pins {m[1]}=={m[2]} but requirements.lock has "
+                                    f"{m[1]}=={lock[name]}")
+                if not line.rstrip().endswith("\\"):
+                    problems.append(f"{rel}: {m[1]}=={m[2]} has no --hash")
     version = p.pyproject.get("project", {}).get("version")
     for name, svc in sorted(p.services.items()):
         if not svc.get("build"):

@@ -10,8 +10,10 @@ updates the asset ``train_model`` is scheduled on.
 
 The run's month is the month of its data interval start (``@monthly`` with data intervals:
 the run for 2018-06 covers [2018-06-01, 2018-07-01) and starts once the month is over). The
-first run downloads the 12 months ending at that month, later runs only that month. Reruns of
-a month are idempotent.
+first run downloads the 12 months ending at that month, later runs that month plus any month of
+its window still missing (an interrupted backfill is completed by the next run). Each stage
+publishes its outputs with a manifest written last (``chicago_crime.manifest``) that names this
+task instance and try. Reruns of a month are idempotent.
 """
 
 from __future__ import annotations
@@ -80,11 +82,15 @@ def etl_with_taskflow():
                 "ingest": {k: download[k] for k in ("months", "rows", "invalid")}}
 
     @task
-    def run_stage(previous: dict[str, Any], stage: str) -> dict[str, Any]:
-        """One stage of the table (the task id is the stage's name)."""
+    def run_stage(previous: dict[str, Any], stage: str, ti=None) -> dict[str, Any]:
+        """One stage of the table (the task id is the stage's name); its manifest names this
+        task instance and try."""
         from chicago_crime.etl import run_stage
+        from chicago_crime.manifest import attempt_identity
 
-        return _continue(run_stage(stage, previous["month"]))
+        attempt = attempt_identity(dag_id=ti.dag_id, run_id=ti.run_id, task_id=ti.task_id,
+                                   try_number=ti.try_number)
+        return _continue(run_stage(stage, previous["month"], attempt=attempt))
 
     @task(outlets=[ML_READY])
     def publish_dataset(final: dict[str, Any], window: dict[str, Any],

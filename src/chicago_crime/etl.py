@@ -4,9 +4,16 @@
 runs them all in order (CLI, notebooks, tests, benchmarks). Every stage reads its source stage
 from the lake and writes, under the prefix :mod:`chicago_crime.layout` derives from its name,
 its output (the enriched CSV for ``enrich``; train/test Parquet for the others), its fitted
-object (skops) and a JSON report, and returns a small dict (status, keys, row counts) that fits
-in an XCom. A missing or empty input gives ``{"status": "no_data", ...}``, which the DAG turns
-into a skip.
+object (skops) and a JSON report, then, last, its manifest (:mod:`chicago_crime.manifest`:
+each object's checksum, the digest of its input, the run/attempt that wrote it), and returns a
+small dict (status, keys, row counts) that fits in an XCom. A missing or empty input gives
+``{"status": "no_data", ...}``, which the DAG turns into a skip.
+
+Every reader here (the next stage, :func:`read_enriched`, :func:`split_raw_window`,
+:func:`published_chain` for training) reads a stage only through its manifest: a stage
+without one is refused (:class:`~chicago_crime.manifest.StageNotPublished`), and so is an
+object whose bytes differ from the manifest or a stage built from another output of its
+source than the one published now (:class:`~chicago_crime.manifest.StageIntegrityError`).
 
 ``enrich`` (raw window -> enriched CSV) and ``split`` (no fitted object) have their own
 runners; every other row is generic: its estimator is fitted on the source's train set and
@@ -18,6 +25,7 @@ and seed (a report is rewritten only when something other than its timing change
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import time
@@ -29,10 +37,18 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from chicago_crime import features as F
-from chicago_crime import layout, stages
+from chicago_crime import layout, serialization, stages
 from chicago_crime import record as R
 from chicago_crime.config import Settings, get_settings
 from chicago_crime.lake import Lake
+from chicago_crime.manifest import (
+    Publication,
+    Published,
+    StageIntegrityError,
+    StageNotPublished,
+    attempt_identity,
+    sha256,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +77,9 @@ def _balance(y: pd.Series) -> dict[str, Any]:
             "arrest_rate": round(positives / len(y), 6) if len(y) else None}
 
 
-def _write_report(lake: Lake, key: str, report: dict[str, Any]) -> None:
+def _write_report(pub: Publication, key: str, report: dict[str, Any]) -> None:
     """Write ``report`` unless the stored one differs only in timings (keeps reruns no-ops)."""
+    lake = pub.lake
     if lake.exists(key):
         try:
             old = lake.read_json(key)
@@ -72,20 +89,43 @@ def _write_report(lake: Lake, key: str, report: dict[str, Any]) -> None:
             strip = lambda r: {k: v for k, v in r.items() if k not in _VOLATILE}  # noqa: E731
             fresh = json.loads(json.dumps(report, sort_keys=True, default=str))
             if strip(old) == strip(fresh):
+                pub.record("report", key)
                 return
-    lake.write_json(key, report)
+    pub.put("report", key, lake.json_bytes(report), "application/json")
 
 
-def _write_parquet(lake: Lake, key: str, df: pd.DataFrame) -> None:
-    """Deterministic Parquet (no index, fixed column order) through the lake."""
-    lake.write_parquet(key, df.reset_index(drop=True))
+def published(lake: Lake, month: str, stage: str) -> Published:
+    """The stage's manifest for ``month`` (:class:`StageNotPublished` when it has none)."""
+    return Published.load(lake, layout.stage_prefix(month, stage), stage)
 
 
-def _read_stage(lake: Lake, month: str, stage: str) -> tuple[pd.DataFrame, pd.DataFrame] | None:
-    keys = [layout.data_key(month, stage, part) for part in ("train", "test")]
-    if not all(lake.exists(k) for k in keys):
+def _published_or_none(lake: Lake, month: str, stage: str, data_key: str) -> Published | None:
+    """The published stage; None when it never wrote anything (no data), and
+    :class:`StageNotPublished` when its objects are there without a manifest."""
+    try:
+        return published(lake, month, stage)
+    except StageNotPublished:
+        if not lake.exists(data_key):
+            return None
+        raise
+
+
+def _parquet_bytes(df: pd.DataFrame) -> bytes:
+    """Deterministic Parquet (no index, fixed column order)."""
+    return Lake.parquet_bytes(df.reset_index(drop=True))
+
+
+def _parquet(data: bytes) -> pd.DataFrame:
+    return pd.read_parquet(io.BytesIO(data), engine="pyarrow")
+
+
+def _read_stage(lake: Lake, month: str, stage: str,
+                ) -> tuple[pd.DataFrame, pd.DataFrame, Published] | None:
+    """A published stage's train and test sets (checked against its manifest)."""
+    pub = _published_or_none(lake, month, stage, layout.data_key(month, stage, "train"))
+    if pub is None:
         return None
-    return lake.read_parquet(keys[0]), lake.read_parquet(keys[1])
+    return _parquet(pub.read("train")), _parquet(pub.read("test")), pub
 
 
 def _xy(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
@@ -99,12 +139,30 @@ def _join(X: pd.DataFrame, y: pd.Series) -> pd.DataFrame:
     return out
 
 
-def read_window(lake: Lake, month: str) -> pd.DataFrame | None:
-    """The raw 12-month window as strings (None when missing)."""
+def _read_raw_csv(data: bytes) -> pd.DataFrame:
+    return pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False, na_values=[""])
+
+
+def read_window(lake: Lake, month: str, expected_sha256: str | None = None,
+                ) -> pd.DataFrame | None:
+    """The raw 12-month window as strings (None when missing); with ``expected_sha256`` (the
+    checksum the ``enrich`` manifest recorded) a window rewritten since is refused."""
+    return _window(lake, month, expected_sha256)[0]
+
+
+def _window(lake: Lake, month: str, expected_sha256: str | None = None,
+            ) -> tuple[pd.DataFrame | None, str | None]:
     key = layout.window_key(month)
     if not lake.exists(key):
-        return None
-    return lake.read_csv(key, dtype=str, keep_default_na=False, na_values=[""])
+        if expected_sha256:
+            raise StageIntegrityError(f"{lake.uri(key)} is gone; rerun the ETL for {month}")
+        return None, None
+    data = lake.get_bytes(key)
+    checksum = sha256(data)
+    if expected_sha256 and checksum != expected_sha256:
+        raise StageIntegrityError(f"{lake.uri(key)} changed since the enrich stage read it: "
+                                  f"rerun the ETL for {month}")
+    return _read_raw_csv(data), checksum
 
 
 def read_stations(lake: Lake, month: str) -> pd.DataFrame:
@@ -114,29 +172,58 @@ def read_stations(lake: Lake, month: str) -> pd.DataFrame:
     return lake.read_csv(key, dtype=str, keep_default_na=False, na_values=[""])
 
 
-def read_enriched(lake: Lake, month: str) -> pd.DataFrame | None:
-    """The enriched CSV with the enricher's dtypes (None when missing)."""
-    key = layout.enriched_key(month)
-    if not lake.exists(key):
-        return None
+def _enriched_frame(data: bytes) -> pd.DataFrame:
     dtypes: dict[str, Any] = {c: str for c in (ID_COL, "date", *F.CATEGORICAL_COLUMNS)}
     dtypes.update({c: float for c in F.NUMERIC_COLUMNS})
     dtypes[R.TARGET] = str
-    df = lake.read_csv(key, dtype=dtypes, keep_default_na=False, na_values=[""],
-                       float_precision="round_trip")
+    df = pd.read_csv(io.BytesIO(data), dtype=dtypes, keep_default_na=False, na_values=[""],
+                     float_precision="round_trip")
     for col in F.CATEGORICAL_COLUMNS:
         df[col] = df[col].astype(object).where(df[col].notna(), None)
     return df
 
 
+def _read_enriched(lake: Lake, month: str) -> tuple[pd.DataFrame, Published] | None:
+    pub = _published_or_none(lake, month, stages.ENRICH, layout.enriched_key(month))
+    return None if pub is None else (_enriched_frame(pub.read("enriched")), pub)
+
+
+def read_enriched(lake: Lake, month: str) -> pd.DataFrame | None:
+    """The published enriched CSV with the enricher's dtypes (None when missing; refused when
+    it is not published or does not match its manifest)."""
+    out = _read_enriched(lake, month)
+    return None if out is None else out[0]
+
+
+def published_chain(lake: Lake, month: str) -> dict[str, Published]:
+    """Every stage of ``month``, published and built from the published output of the stage
+    before it (training trusts the month only then)."""
+    chain: dict[str, Published] = {}
+    for stage in stages.STAGES:
+        chain[stage.name] = published(lake, month, stage.name)
+        source = stages.source(stage.name)
+        if source is not None:
+            chain[stage.name].require_source(source.name, chain[source.name].digest)
+    return chain
+
+
+def _publication(lake: Lake, month: str, stage: stages.Stage, attempt: dict[str, Any] | None,
+                 sources: dict[str, str]) -> Publication:
+    pub = Publication(lake, layout.stage_prefix(month, stage.name), stage.name, month,
+                      attempt or attempt_identity(), sources=sources)
+    pub.claim()
+    return pub
+
+
 # --------------------------------------------------------------------------------------------
 # stages
 # --------------------------------------------------------------------------------------------
-def _enrich(stage: stages.Stage, month: str, lake: Lake, settings: Settings) -> dict[str, Any]:
+def _enrich(stage: stages.Stage, month: str, lake: Lake, settings: Settings,
+            attempt: dict[str, Any] | None) -> dict[str, Any]:
     """Raw window -> ``1-enriched-data/crimes_enriched_{stamp}.csv`` (+ fitted enricher)."""
     started = time.perf_counter()
-    raw = read_window(lake, month)
-    if raw is None:
+    raw, window_sha = _window(lake, month)
+    if raw is None or window_sha is None:
         return _no_data(month, stage.name, f"missing {layout.window_key(month)}")
     if raw.empty:
         return _no_data(month, stage.name, "the window has no rows")
@@ -149,8 +236,9 @@ def _enrich(stage: stages.Stage, month: str, lake: Lake, settings: Settings) -> 
     keys = {"enriched": layout.enriched_key(month),
             "fitted": layout.fitted_key(month, stage.name),
             "report": layout.report_key(month, stage.name)}
-    lake.write_csv(keys["enriched"], out)
-    lake.write_object(keys["fitted"], enricher)
+    pub = _publication(lake, month, stage, attempt, {"window": window_sha})
+    pub.put("enriched", keys["enriched"], out.to_csv(index=False).encode("utf-8"), "text/csv")
+    pub.put("fitted", keys["fitted"], serialization.dumps(enricher))
     report = {
         "stage": stage.name, "description": stage.description, "month": month,
         "source": layout.window_key(month),
@@ -162,7 +250,9 @@ def _enrich(stage: stages.Stage, month: str, lake: Lake, settings: Settings) -> 
         "class_balance": _balance(target.dropna().astype(bool)),
         "seconds": round(time.perf_counter() - started, 3),
     }
-    _write_report(lake, keys["report"], report)
+    _write_report(pub, keys["report"], report)
+    keys["manifest"] = pub.manifest_key
+    pub.publish()
     return {"status": OK, "stage": stage.name, "month": month, "rows": {"all": len(out)},
             "keys": keys, "columns": report["columns"], "seconds": report["seconds"]}
 
@@ -175,12 +265,14 @@ def split_positions(y: pd.Series, settings: Settings) -> tuple[np.ndarray, np.nd
     return np.sort(train), np.sort(test)
 
 
-def _split(stage: stages.Stage, month: str, lake: Lake, settings: Settings) -> dict[str, Any]:
+def _split(stage: stages.Stage, month: str, lake: Lake, settings: Settings,
+           attempt: dict[str, Any] | None) -> dict[str, Any]:
     """Enriched CSV -> ``split/{train,test}.parquet``: 80/20 stratified on ``arrest``, seeded."""
     started = time.perf_counter()
-    df = read_enriched(lake, month)
-    if df is None:
+    enriched = _read_enriched(lake, month)
+    if enriched is None:
         return _no_data(month, stage.name, f"missing {layout.enriched_key(month)}")
+    df, source = enriched
     rows_in = len(df)
     df = df[df[R.TARGET].isin(["true", "false"])].reset_index(drop=True)
     y = df[R.TARGET] == "true"
@@ -191,25 +283,27 @@ def _split(stage: stages.Stage, month: str, lake: Lake, settings: Settings) -> d
     frame = df[columns].copy()
     frame[R.TARGET] = y.to_numpy()
     train, test = frame.iloc[train_pos], frame.iloc[test_pos]
-    return _finish(lake, month, stage, started, train, test, fitted=None,
+    pub = _publication(lake, month, stage, attempt, {source.stage: source.digest})
+    return _finish(pub, started, train, test, fitted=None,
                    source=[layout.enriched_key(month)], rows_in={"all": rows_in},
                    details={"test_size": settings.test_size, "seed": settings.random_seed,
                             "dropped_unlabelled": rows_in - len(df)})
 
 
-def _finish(lake: Lake, month: str, stage: stages.Stage, started: float, train: pd.DataFrame,
+def _finish(pub: Publication, started: float, train: pd.DataFrame,
             test: pd.DataFrame, fitted: Any, source: list[str], rows_in: dict[str, int],
             details: dict[str, Any] | None = None, test_bytes: bytes | None = None,
             ) -> dict[str, Any]:
+    """Write a stage's train/test/fitted object and report, then publish its manifest."""
+    month, stage = pub.month, stages.get(pub.stage)
     keys = {part: layout.data_key(month, stage.name, part) for part in ("train", "test")}
-    _write_parquet(lake, keys["train"], train)
-    if test_bytes is not None:
-        lake.put_bytes(keys["test"], test_bytes, "application/vnd.apache.parquet")
-    else:
-        _write_parquet(lake, keys["test"], test)
+    parquet = "application/vnd.apache.parquet"
+    pub.put("train", keys["train"], _parquet_bytes(train), parquet)
+    pub.put("test", keys["test"], test_bytes if test_bytes is not None
+            else _parquet_bytes(test), parquet)
     if fitted is not None:
         keys["fitted"] = layout.fitted_key(month, stage.name)
-        lake.write_object(keys["fitted"], fitted)
+        pub.put("fitted", keys["fitted"], serialization.dumps(fitted))
     keys["report"] = layout.report_key(month, stage.name)
     report = {
         "stage": stage.name, "description": stage.description, "month": month,
@@ -221,13 +315,16 @@ def _finish(lake: Lake, month: str, stage: stages.Stage, started: float, train: 
         "details": details or {},
         "seconds": round(time.perf_counter() - started, 3),
     }
-    _write_report(lake, keys["report"], report)
+    _write_report(pub, keys["report"], report)
+    keys["manifest"] = pub.manifest_key
+    pub.publish()
     return {"status": OK, "stage": stage.name, "month": month,
             "rows": {"train": len(train), "test": len(test)}, "keys": keys,
             "columns": report["columns"], "seconds": report["seconds"]}
 
 
-def _fit(stage: stages.Stage, month: str, lake: Lake, settings: Settings) -> dict[str, Any]:
+def _fit(stage: stages.Stage, month: str, lake: Lake, settings: Settings,
+         attempt: dict[str, Any] | None) -> dict[str, Any]:
     """Fit the stage's estimator on its source's train set; transform train and test with it
     (a sampler resamples the train set and leaves the test set's bytes as they are)."""
     started = time.perf_counter()
@@ -236,36 +333,43 @@ def _fit(stage: stages.Stage, month: str, lake: Lake, settings: Settings) -> dic
     data = _read_stage(lake, month, source.name)
     if data is None:
         return _no_data(month, stage.name, f"missing {source.name} stage output")
-    train, test = data
+    train, test, source_pub = data
     X_train, y_train = _xy(train)
     sources = [layout.data_key(month, source.name, part) for part in ("train", "test")]
     step = stage.make(settings.random_seed)
     if hasattr(step, "fit_resample"):
         X_res, y_res = step.fit_resample(X_train, y_train)
         out_train, out_test = _join(X_res, pd.Series(y_res)), test
-        test_bytes: bytes | None = lake.get_bytes(sources[1])
+        test_bytes: bytes | None = source_pub.read("test")
         details = {**step.report(), "test_resampled": False}
     else:
         X_test, y_test = _xy(test)
         out_train = _join(step.fit_transform(X_train, y_train), y_train)
         out_test = _join(step.transform(X_test), y_test)
         test_bytes, details = None, step.report()
-    return _finish(lake, month, stage, started, out_train, out_test, fitted=step,
+    pub = _publication(lake, month, stage, attempt, {source.name: source_pub.digest})
+    return _finish(pub, started, out_train, out_test, fitted=step,
                    source=sources, rows_in={"train": len(train), "test": len(test)},
                    details=details, test_bytes=test_bytes)
 
 
-_RUNNERS: dict[str, Callable[[stages.Stage, str, Lake, Settings], dict[str, Any]]] = {
+_Runner = Callable[[stages.Stage, str, Lake, Settings, dict[str, Any] | None], dict[str, Any]]
+_RUNNERS: dict[str, _Runner] = {
     stages.ENRICH: _enrich, stages.SPLIT: _split,
 }
 
 
 def run_stage(name: str, month: str, lake: Lake | None = None,
-              settings: Settings | None = None) -> dict[str, Any]:
-    """Run one stage of the table for ``month`` (what its DAG task does)."""
+              settings: Settings | None = None,
+              attempt: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run one stage of the table for ``month`` (what its DAG task does).
+
+    ``attempt`` identifies the writer in the stage's manifest
+    (:func:`chicago_crime.manifest.attempt_identity`; the DAG passes its task instance).
+    """
     lake, settings = _ctx(lake, settings)
     stage = stages.get(name)
-    return _RUNNERS.get(stage.name, _fit)(stage, month, lake, settings)
+    return _RUNNERS.get(stage.name, _fit)(stage, month, lake, settings, attempt)
 
 
 def run_all(month: str, lake: Lake | None = None,
@@ -287,12 +391,16 @@ def split_raw_window(month: str, lake: Lake | None = None, settings: Settings | 
     For training the served pipeline on raw records with the ETL's train/test partition.
     """
     lake, settings = _ctx(lake, settings)
-    raw = read_window(lake, month)
     data = _read_stage(lake, month, stages.SPLIT)
-    if raw is None or data is None:
+    if data is None:
+        return None
+    enrich = published(lake, month, stages.ENRICH)
+    data[2].require_source(stages.ENRICH, enrich.digest)
+    raw = read_window(lake, month, expected_sha256=enrich.sources.get("window"))
+    if raw is None:
         return None
     ids = raw[ID_COL].astype(str)
-    train_ids, test_ids = (set(d[ID_COL].astype(str)) for d in data)
+    train_ids, test_ids = (set(d[ID_COL].astype(str)) for d in data[:2])
     return (raw[ids.isin(train_ids)].reset_index(drop=True),
             raw[ids.isin(test_ids)].reset_index(drop=True))
 

@@ -17,8 +17,10 @@ import pandas as pd
 from chicago_crime.config import Settings, get_settings
 from chicago_crime.lake import Lake
 from chicago_crime.layout import (
+    EMPTY_MONTH_FILE,
     MONTHLY_PREFIX,
     RAW_PREFIX,
+    empty_month_key,
     month_bounds,
     month_range,
     quarantine_key,
@@ -89,21 +91,45 @@ def setup_s3(lake: Lake, settings: Settings | None = None) -> dict[str, Any]:
 
 def crime_months(lake: Lake) -> list[str]:
     """Months that have a raw crimes partition in the lake, oldest first."""
+    return _months_with(lake, "crimes.csv")
+
+
+def empty_months(lake: Lake) -> list[str]:
+    """Backfilled months the portal had no records for (marked, so they are not missing)."""
+    return _months_with(lake, EMPTY_MONTH_FILE)
+
+
+def _months_with(lake: Lake, file_name: str) -> list[str]:
     months = []
     for key in lake.iter_keys(MONTHLY_PREFIX):
         month, _, name = key[len(MONTHLY_PREFIX):].partition("/")
-        if name == "crimes.csv":
+        if name == file_name:
             months.append(month)
     return sorted(months)
 
 
-def months_to_download(month: str, lake: Lake, settings: Settings | None = None) -> list[str]:
-    """The first run backfills ``ETL_FIRST_RUN_MONTHS`` months ending at ``month``;
-    later runs download only ``month``."""
+def kept_months(month: str, settings: Settings | None = None) -> list[str]:
+    """The months the ETL keeps complete for a run of ``month``: ``ETL_FIRST_RUN_MONTHS``
+    (default 12, the whole window) ending at ``month``."""
     s = settings or get_settings()
-    if crime_months(lake):
-        return [month]
     return month_range(month, s.etl_first_run_months)
+
+
+def missing_months(month: str, lake: Lake, settings: Settings | None = None) -> list[str]:
+    """Months of :func:`kept_months` with neither a partition nor a no-records mark."""
+    done = set(crime_months(lake)) | set(empty_months(lake))
+    return [m for m in kept_months(month, settings) if m not in done]
+
+
+def months_to_download(month: str, lake: Lake, settings: Settings | None = None) -> list[str]:
+    """The run's ``month`` and every month of its window still missing from the lake.
+
+    The first run backfills the whole window; a later run downloads its month, plus any
+    month a backfill did not finish (a failed or killed first run is completed by the next
+    one, never silently trained on fewer months).
+    """
+    missing = missing_months(month, lake, settings)
+    return sorted({*missing, month})
 
 
 def _check_invalid(month: str, summary: dict[str, Any], max_fraction: float) -> None:
@@ -145,10 +171,14 @@ def download_data(month: str, lake: Lake, client: SocrataClient,
         _check_invalid(m, summary, s.etl_max_invalid_fraction)
         batches[m] = (_sort_crimes(valid), _sort_crimes(invalid), summary)
 
-    written, rows, invalid_rows, keys = [], {}, {}, []
+    written, empty, rows, invalid_rows, keys = [], [], {}, {}, []
     for m, (valid, invalid, summary) in batches.items():
         if summary["rows"] == 0:
             log.warning("%s: no crime records; no partition written", m)
+            if m != month:  # a backfilled month with no records is checked, not missing
+                lake.write_json(empty_month_key(m), {"month": m, "records": 0})
+                keys.append(empty_month_key(m))
+                empty.append(m)
             continue
         _put_csv(lake, raw_crimes_key(m), valid)
         _put_csv(lake, raw_stations_key(m), stations)
@@ -160,6 +190,8 @@ def download_data(month: str, lake: Lake, client: SocrataClient,
                         lake.uri(quarantine_key(m)))
         elif lake.exists(quarantine_key(m)):  # a rerun replaces the month, quarantine too
             lake.delete(quarantine_key(m))
+        if lake.exists(empty_month_key(m)):
+            lake.delete(empty_month_key(m))
         written.append(m)
         rows[m] = int(summary["valid"])
         invalid_rows[m] = int(summary["invalid"])
@@ -167,18 +199,25 @@ def download_data(month: str, lake: Lake, client: SocrataClient,
     status = STATUS_OK if batches[month][2]["rows"] else STATUS_NO_DATA
     if status == STATUS_NO_DATA:
         log.warning("run %s: the portal has no crime records for %s (no data)", month, month)
-    return {"month": month, "status": status, "months": written, "rows": rows,
-            "invalid": invalid_rows, "stations": len(stations), "keys": keys}
+    return {"month": month, "status": status, "months": written, "empty_months": empty,
+            "rows": rows, "invalid": invalid_rows, "stations": len(stations), "keys": keys}
 
 
-def build_window(month: str, lake: Lake) -> dict[str, Any]:
+def build_window(month: str, lake: Lake, settings: Settings | None = None) -> dict[str, Any]:
     """Write the rolling 12-month window ending at ``month`` from the monthly partitions.
 
     Built from the partitions (never by appending to an earlier window), deduplicated by
-    ``id`` keeping the latest ``updated_on`` (later partition wins a tie).
+    ``id`` keeping the latest ``updated_on`` (later partition wins a tie). Fails naming
+    every month of :func:`kept_months` that is missing (neither downloaded nor marked as
+    having no records): a window is never built silently from fewer months.
     """
     present = set(crime_months(lake))
     months = [m for m in month_range(month, WINDOW_MONTHS) if m in present]
+    missing = missing_months(month, lake, settings)
+    if missing:
+        raise IngestError(f"{month}: the window misses the month(s) {', '.join(missing)} "
+                          f"({lake.uri(MONTHLY_PREFIX)}); run download_data again, it "
+                          "downloads every missing month")
     if month not in present:
         raise IngestError(f"{month}: no raw crimes partition {raw_crimes_key(month)}; "
                           "run download_data first")

@@ -151,6 +151,18 @@ class Lake:
         return len(keys)
 
     # -- typed helpers ------------------------------------------------------------------------
+    @staticmethod
+    def parquet_bytes(df: pd.DataFrame) -> bytes:
+        """``df`` as Parquet bytes (what :meth:`write_parquet` stores)."""
+        buf = io.BytesIO()
+        df.to_parquet(buf, index=False, engine="pyarrow")
+        return buf.getvalue()
+
+    @staticmethod
+    def json_bytes(obj: Any) -> bytes:
+        """``obj`` as the JSON bytes :meth:`write_json` stores (sorted keys, indented)."""
+        return json.dumps(obj, indent=2, sort_keys=True, default=str).encode("utf-8")
+
     def write_csv(self, key: str, df: pd.DataFrame) -> None:
         self.put_bytes(key, df.to_csv(index=False).encode("utf-8"), "text/csv")
 
@@ -158,16 +170,13 @@ class Lake:
         return pd.read_csv(io.BytesIO(self.get_bytes(key)), **kwargs)
 
     def write_parquet(self, key: str, df: pd.DataFrame) -> None:
-        buf = io.BytesIO()
-        df.to_parquet(buf, index=False, engine="pyarrow")
-        self.put_bytes(key, buf.getvalue(), "application/vnd.apache.parquet")
+        self.put_bytes(key, self.parquet_bytes(df), "application/vnd.apache.parquet")
 
     def read_parquet(self, key: str) -> pd.DataFrame:
         return pd.read_parquet(io.BytesIO(self.get_bytes(key)), engine="pyarrow")
 
     def write_json(self, key: str, obj: Any) -> None:
-        data = json.dumps(obj, indent=2, sort_keys=True, default=str).encode("utf-8")
-        self.put_bytes(key, data, "application/json")
+        self.put_bytes(key, self.json_bytes(obj), "application/json")
 
     def read_json(self, key: str) -> Any:
         return json.loads(self.get_bytes(key))
@@ -178,5 +187,7 @@ class Lake:
         self.put_bytes(key, serialization.dumps(obj), "application/octet-stream")
 
     def read_object(self, key: str) -> Any:
-        """A fitted object written by :meth:`write_object`; only trusted types are loaded."""
+        """A fitted object written by :meth:`write_object`; only trusted types are loaded
+        (skops with :func:`chicago_crime.serialization.trusted_types`: nothing in the lake is
+        ever unpickled)."""
         return serialization.loads(self.get_bytes(key))

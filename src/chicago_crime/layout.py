@@ -5,8 +5,9 @@
 
 Each ETL stage (:mod:`chicago_crime.stages`) writes under one prefix derived from its name:
 ``2-processed-data/{stamp}/{stage}/`` (``train.parquet``, ``test.parquet``, ``report.json`` and
-the fitted ``{stage}.skops``); ``enrich`` writes next to the enriched CSV,
-``1-enriched-data/crimes_enriched_{stamp}_`` + ``report.json`` / ``enrich.skops``.
+the fitted ``{stage}.skops``, and last ``manifest.json``, see :mod:`chicago_crime.manifest`);
+``enrich`` writes next to the enriched CSV, ``1-enriched-data/crimes_enriched_{stamp}_`` +
+``report.json`` / ``enrich.skops`` / ``manifest.json``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,12 @@ WINDOW_PREFIX = "0-raw-data/data/"
 QUARANTINE_PREFIX = "0-raw-data/quarantine/"
 ENRICHED_PREFIX = "1-enriched-data/"
 PROCESSED_PREFIX = "2-processed-data/"
+#: Written last by every stage, and the claim of the attempt writing it (see
+#: :mod:`chicago_crime.manifest`).
+MANIFEST_FILE = "manifest.json"
+CLAIM_FILE = "attempt.json"
+#: In a monthly partition folder: the portal had no records for that (backfilled) month.
+EMPTY_MONTH_FILE = "no_records.json"
 
 
 def month_of(moment: date | datetime | str) -> str:
@@ -57,6 +64,12 @@ def stamp(month: str) -> str:
 
 def raw_crimes_key(month: str) -> str:
     return f"{MONTHLY_PREFIX}{month}/crimes.csv"
+
+
+def empty_month_key(month: str) -> str:
+    """Marks a backfilled month for which the portal returned no records (checked, not
+    missing)."""
+    return f"{MONTHLY_PREFIX}{month}/{EMPTY_MONTH_FILE}"
 
 
 def raw_stations_key(month: str) -> str:
@@ -105,3 +118,8 @@ def fitted_key(month: str, stage: str) -> str:
 def report_key(month: str, stage: str) -> str:
     """The stage's JSON report."""
     return stage_key(month, stage, "report.json")
+
+
+def manifest_key(month: str, stage: str) -> str:
+    """The stage's manifest, written last (:mod:`chicago_crime.manifest`)."""
+    return stage_key(month, stage, MANIFEST_FILE)

@@ -59,11 +59,11 @@ def test_twelve_month_ingest_on_real_s3(lake_and_settings, shared_data):
                              usecols=["id"], dtype=str)["id"]
         assert sorted(stored) == sorted(expected)
         ids.append(expected)
-    window = build_window("2018-06", lake)
+    window = build_window("2018-06", lake, settings)
     assert window["key"] == window_key("2018-06")
     assert window["rows"] == pd.concat(ids).nunique()
 
     before = lake.snapshot()
     download_data("2018-06", lake, SocrataClient(settings), settings)
-    build_window("2018-06", lake)
+    build_window("2018-06", lake, settings)
     assert lake.snapshot() == before

@@ -244,21 +244,24 @@ def test_airflow_base_image_must_match_the_lock(project):
                    "Python 3.11")
 
 
-def test_mlflow_pins_must_match_the_lock(project):
+def test_image_locks_must_match_the_lock_and_carry_hashes(project):
     root, break_it = project
-    break_it("dockerfiles/mlflow/Dockerfile", "mlflow==3.17.2", "mlflow==3.18.0")
-    break_it("dockerfiles/mlflow/Dockerfile", "boto3==1.44.8", "boto3")
+    lock = "dockerfiles/mlflow/requirements.lock"
+    break_it(lock, "mlflow==3.17.2 \\", "mlflow==3.18.0 \\")
+    break_it(lock, "boto3==1.44.8 \\", "boto3==1.44.8")
+    assert_reports(run(root, "lock-versions"),
+                   f"{lock} pins mlflow==3.18.0 but requirements.lock has mlflow==3.17.2",
+                   f"{lock}: boto3==1.44.8 has no --hash")
+
+
+def test_install_without_hashes_is_caught(project):
+    root, break_it = project
+    break_it("dockerfiles/fastapi/Dockerfile", "--require-hashes ", "")
+    break_it("dockerfiles/airflow/Dockerfile", "--no-deps ", "")
     problems = run(root, "lock-versions")
-    assert_reports(problems, "pins mlflow==3.18.0 but requirements.lock has mlflow==3.17.2")
-    # boto3 unpinned is still tied to the lock by --constraint: not a problem.
-    assert not any("boto3" in p for p in problems)
-
-
-def test_project_install_without_the_lock_is_caught(project):
-    root, break_it = project
-    break_it("dockerfiles/fastapi/Dockerfile", "--constraint requirements.lock ", "")
-    assert_reports(run(root, "lock-versions"), "installs the project without --constraint "
-                   "requirements.lock")
+    assert_reports(problems, "dockerfiles/fastapi/Dockerfile:", "dockerfiles/airflow/Dockerfile:",
+                   "pip install without --require-hashes")
+    assert not any("mlflow/Dockerfile" in p for p in problems)
 
 
 def test_built_image_tag_must_match_what_it_carries(project):
@@ -327,8 +330,8 @@ def test_misspelt_airflow_option_is_caught(project):
 
 def test_hadolint_findings_fail(project):
     root, break_it = project
-    break_it("dockerfiles/mlflow/Dockerfile", "COPY requirements.lock",
-             "RUN cd /tmp && echo hi\nCOPY requirements.lock")
+    break_it("dockerfiles/mlflow/Dockerfile", "COPY dockerfiles/mlflow/requirements.lock",
+             "RUN cd /tmp && echo hi\nCOPY dockerfiles/mlflow/requirements.lock")
     assert_reports(run(root, "hadolint"), "dockerfiles/mlflow/Dockerfile", "DL3003")
 
 

@@ -13,6 +13,7 @@ from chicago_crime import etl, layout, portal, stages
 from chicago_crime import features as F
 from chicago_crime import record as R
 from chicago_crime.lake import Lake
+from chicago_crime.manifest import Publication, StageIntegrityError, attempt_identity
 
 MONTH = "2018-06"
 PROCESSED = [s for s in stages.NAMES if s != stages.ENRICH]
@@ -112,12 +113,21 @@ def test_selected_features_and_scores_recorded(processed):
     assert min(scores[f] for f in selected) >= max(scores[f] for f in dropped)
 
 
+def _manifests(lake: Lake) -> dict[str, str]:
+    return {k: lake.read_json(k)["digest"] for k in lake.list_keys()
+            if k.endswith(layout.MANIFEST_FILE)}
+
+
 def test_rerun_is_byte_identical(processed, module_settings):
+    """Every object keeps its bytes, manifests included (an identical rerun keeps the manifest
+    of the attempt that first published those bytes), and no claim is left behind."""
     lake, _ = processed
-    before = lake.snapshot()
+    before, digests = lake.snapshot(), _manifests(lake)
+    assert len(digests) == len(stages.NAMES)
     again = etl.run_all(MONTH, lake, module_settings)
     assert all(r["status"] == etl.OK for r in again.values())
     assert lake.snapshot() == before
+    assert not [k for k in lake.list_keys() if k.endswith(layout.CLAIM_FILE)]
 
 
 def test_fitted_steps_ignore_test_data(processed, module_settings):
@@ -134,6 +144,18 @@ def test_fitted_steps_ignore_test_data(processed, module_settings):
     test["iucr"] = "9999"
     test["hour"] = 3.0
     lake.write_parquet(test_key, test)
+    # written behind the manifest's back: the next stage refuses it
+    with pytest.raises(StageIntegrityError, match=r"split/test\.parquet"):
+        etl.run_stage(PROCESSED[1], MONTH, lake, module_settings)
+    # published properly (as a rerun of split with other test rows would)
+    split = etl.published(lake, MONTH, "split")
+    pub = Publication(lake, split.prefix, "split", MONTH, attempt_identity(),
+                      sources=split.sources)
+    pub.claim()
+    pub.put("test", test_key, lake.get_bytes(test_key))
+    for name in ("train", "report"):
+        pub.record(name, split.key(name))
+    pub.publish()
     for stage in PROCESSED[1:]:
         assert etl.run_stage(stage, MONTH, lake, module_settings)["status"] == etl.OK
     after = {k: lake.etag(k) for k in watched}

@@ -18,6 +18,9 @@ from chicago_crime.ingest import (
     build_window,
     crime_months,
     download_data,
+    empty_months,
+    missing_months,
+    months_to_download,
     read_raw_csv,
     setup_s3,
     to_csv_bytes,
@@ -165,20 +168,23 @@ def test_window_dedup_keeps_latest_update_and_uses_only_the_window(unit_lake):
     }
     for month, rows in parts.items():
         unit_lake.put_bytes(raw_crimes_key(month), to_csv_bytes(part(rows)))
-    window = build_window("2018-05", unit_lake)
+    one = load_settings(aws_access_key_id="t", aws_secret_access_key="t",
+                        etl_first_run_months=1)
+    window = build_window("2018-05", unit_lake, one)
     assert window["months"] == ["2017-06", "2018-05"] and window["duplicates"] == 1
     stored = read_raw_csv(unit_lake, window["key"])
     assert stored["id"].tolist() == ["2", "1", "3"]  # ordered by date
     assert stored.set_index("id").loc["1", "updated_on"] == "2018-01-01T00:00:00.000"
     with pytest.raises(IngestError, match="2018-06"):
-        build_window("2018-06", unit_lake)
+        build_window("2018-06", unit_lake, one)
 
 
 # -- faults -----------------------------------------------------------------------------------
 def seeded(settings: Settings, months: tuple[str, ...] = ("2018-05",),
            ) -> tuple[Settings, Lake, SocrataClient]:
-    """A lake that already holds (small) partitions for ``months``: later runs are monthly."""
-    s, lake, client = fresh(settings)
+    """A lake that already holds (small) partitions for ``months``; the ETL keeps only the
+    run's month complete (ETL_FIRST_RUN_MONTHS=1), so runs are monthly."""
+    s, lake, client = fresh(settings, etl_first_run_months=1)
     for month in months:
         rows = pd.DataFrame({"id": ["1", "2"], "date": [f"{month}-02T00:00:00.000"] * 2})
         lake.put_bytes(raw_crimes_key(month),
@@ -229,6 +235,58 @@ def test_first_run_ending_in_an_empty_month_stores_the_months_with_data(settings
     result = download_data("2018-08", lake, client, s)
     assert result["status"] == "no_data" and result["months"] == ["2018-06"]
     assert crime_months(lake) == ["2018-06"]
+    # the backfilled month without records is marked as checked; the run's month is not
+    assert result["empty_months"] == ["2018-07"] and empty_months(lake) == ["2018-07"]
+    assert months_to_download("2018-08", lake, s) == ["2018-08"]
+
+
+# -- an interrupted backfill is completed by the next run --------------------------------------
+def test_backfill_interrupted_by_an_s3_error_is_completed_by_the_next_run(
+        first_run, settings, shared_data):
+    """The first run dies part-way through its writes (S3 error); the retry downloads every
+    missing month, and the window has all twelve again."""
+    s, lake, client = fresh(settings)
+    put, calls = lake.put_bytes, {"n": 0}
+
+    def failing(key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        calls["n"] += 1
+        if calls["n"] > 9:  # a few months stored, then S3 fails
+            raise ConnectionError("S3 unreachable")
+        put(key, data, content_type)
+
+    lake.put_bytes = failing  # type: ignore[method-assign]
+    with pytest.raises(ConnectionError):
+        download_data("2018-06", lake, client, s)
+    lake.put_bytes = put  # type: ignore[method-assign]
+    stored = crime_months(lake)
+    assert 0 < len(stored) < 12
+    missing = missing_months("2018-06", lake, s)
+    assert missing == [m for m in FIRST_RUN if m not in stored]
+    with pytest.raises(IngestError, match=missing[0]):  # never a window of fewer months
+        build_window("2018-06", lake, s)
+    assert months_to_download("2018-06", lake, s) == sorted({*missing, "2018-06"})
+    again = download_data("2018-06", lake, client, s)
+    assert again["months"] == sorted({*missing, "2018-06"})
+    window = build_window("2018-06", lake, s)
+    assert window["months"] == FIRST_RUN
+    assert window["rows"] == first_run["window"]["rows"]
+
+
+def test_a_month_deleted_from_the_window_is_downloaded_again(first_run, settings, shared_data):
+    """The review's repro: one month of the window gone, the next run restores it."""
+    s, lake, client = fresh(settings)
+    for month in FIRST_RUN:
+        if month != "2018-01":
+            for key in (raw_crimes_key(month), raw_stations_key(month)):
+                lake.put_bytes(key, first_run["lake"].get_bytes(key))
+    assert months_to_download("2018-06", lake, s) == ["2018-01", "2018-06"]
+    with pytest.raises(IngestError, match="2018-01"):
+        build_window("2018-06", lake, s)
+    result = download_data("2018-06", lake, client, s)
+    assert result["months"] == ["2018-01", "2018-06"]
+    assert sorted(stored_ids(lake, raw_crimes_key("2018-01"))) == sorted(
+        export_ids(shared_data, "2018-01"))
+    assert len(build_window("2018-06", lake, s)["months"]) == 12
 
 
 # -- validation and quarantine ----------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -46,18 +47,23 @@ def reg(db: str) -> dict[str, Any]:
     return {"client": client, "models": {}, "uri": db, "name": f"gate_{uuid.uuid4().hex[:8]}"}
 
 
-def _train(reg: dict[str, Any], model: Any, margin: float = 0.002) -> registry.GateDecision:
-    """Register ``model`` as a new version and run the gate (the trainer's sequence)."""
+def _train(reg: dict[str, Any], model: Any, margin: float = 0.002, *,
+           window_end: str | None = None, load: Any = None,
+           newer: Any = None) -> registry.GateDecision:
+    """Register ``model`` as a new version (with a card ending at ``window_end``) and run the
+    gate (the trainer's sequence)."""
     client = reg["client"]
     experiment = client.get_experiment_by_name("gate") or client.get_experiment(
         client.create_experiment("gate"))
     run = client.create_run(experiment.experiment_id)
+    card = None if window_end is None else registry.ModelCard(
+        name=reg["name"], threshold=0.5, window_start="2017-01-01", window_end=window_end)
     version = registry.register(client, reg["name"], f"runs:/{run.info.run_id}/model",
-                                run.info.run_id)
+                                run.info.run_id, card)
     reg["models"][str(version.version)] = model
     return registry.gate(client, reg["name"], version.version, _score, champion_alias=CHAMPION,
                          metric="roc_auc", margin=margin, challenger_model=model,
-                         load=lambda name, v: reg["models"][str(v)])
+                         load=load or (lambda name, v: reg["models"][str(v)]), newer=newer)
 
 
 def _alias(reg: dict[str, Any], alias: str) -> str:
@@ -111,12 +117,103 @@ def test_gain_within_margin_keeps_champion(reg: dict[str, Any]) -> None:
     assert not decision.promoted and _alias(reg, "champion") == "1"
 
 
-def test_unloadable_champion_is_replaced(reg: dict[str, Any]) -> None:
+def test_unloadable_champion_is_kept_and_the_gate_fails(reg: dict[str, Any]) -> None:
+    """Fail closed: a champion that cannot be scored is not a reason to promote."""
     _train(reg, Scores(noise=1.0))
     reg["models"]["1"] = object()  # predict_proba missing: cannot be scored
-    decision = _train(reg, Scores(noise=3.0))
-    assert decision.promoted and "could not be scored" in decision.reason
-    assert _alias(reg, "champion") == "2"
+    with pytest.raises(registry.GateError, match="scoring the champion v1"):
+        _train(reg, Scores(noise=0.5))
+    assert _alias(reg, "champion") == "1"
+    tags = reg["client"].get_model_version(reg["name"], "2").tags
+    assert tags["gate_decision"] == "error"
+    assert "AttributeError" in tags["gate_error"] and "champion is kept" in tags["gate_reason"]
+    assert registry.PREVIOUS_TAG not in tags
+
+
+def test_registry_timeout_while_loading_the_champion_keeps_it(reg: dict[str, Any]) -> None:
+    """The review's repro: an S3/MLflow timeout loading the champion promoted the challenger."""
+    _train(reg, Scores(noise=3.0))
+
+    def load(name: str, version: str) -> Any:
+        raise TimeoutError("s3 read timed out")
+
+    with pytest.raises(registry.GateError, match="TimeoutError: s3 read timed out"):
+        _train(reg, Scores(noise=0.5), load=load)
+    assert _alias(reg, "champion") == "1"
+    assert reg["client"].get_model_version(reg["name"], "2").tags["gate_decision"] == "error"
+
+
+def test_error_scoring_the_challenger_keeps_the_champion(reg: dict[str, Any]) -> None:
+    _train(reg, Scores(noise=3.0))
+    with pytest.raises(registry.GateError, match="scoring the challenger"):
+        _train(reg, object())
+    assert _alias(reg, "champion") == "1"
+
+
+def test_older_window_is_never_promoted_automatically(reg: dict[str, Any]) -> None:
+    """A backfill of an older month registers a better-scoring version, champion unchanged."""
+    _train(reg, Scores(noise=3.0), window_end="2018-06-30")
+    loads: list[str] = []
+
+    def load(name: str, version: str) -> Any:
+        loads.append(version)
+        return reg["models"][version]
+
+    decision = _train(reg, Scores(noise=0.5), window_end="2018-05-31", load=load,
+                      newer=lambda after: pytest.fail("no comparison for an older window"))
+    assert not decision.promoted and decision.challenger_score is not None
+    assert "2018-05-31" in decision.reason and "2018-06-30" in decision.reason
+    assert loads == []  # the champion is not even scored
+    assert _alias(reg, "champion") == "1" and _alias(reg, "challenger") == "2"
+    tags = reg["client"].get_model_version(reg["name"], "2").tags
+    assert tags["gate_decision"] == "kept_champion"
+    assert "never promoted automatically" in tags["gate_reason"]
+
+
+def test_same_or_newer_window_still_competes(reg: dict[str, Any]) -> None:
+    _train(reg, Scores(noise=3.0), window_end="2018-05-31")
+    assert _train(reg, Scores(noise=2.0), window_end="2018-06-30").promoted
+    assert _train(reg, Scores(noise=1.0), window_end="2018-06-30").promoted
+    assert _alias(reg, "champion") == "3"
+
+
+def test_records_newer_than_both_windows_decide(reg: dict[str, Any]) -> None:
+    """When the lake has records after both windows, both models are scored on those."""
+    good_old, good_new = Scores(noise=0.5, seed=1), Scores(noise=3.0, seed=2)
+    _train(reg, good_old, window_end="2018-04-30")
+    asked: list[str] = []
+
+    def newer(after: str) -> registry.Evaluation:
+        asked.append(after)
+        # on the newer records the challenger ranks better (its scores reversed here)
+        return registry.Evaluation(lambda m: 1.0 if m is good_new else 0.5,
+                                   "1000 records of 2018-06's test split dated after 2018-05-31")
+
+    decision = _train(reg, good_new, window_end="2018-05-31", newer=newer)
+    assert asked == ["2018-05-31"]
+    assert decision.promoted and decision.challenger_score == 1.0
+    assert decision.champion_score == 0.5
+    assert decision.evaluated_on.startswith("1000 records of 2018-06")
+    tags = reg["client"].get_model_version(reg["name"], "2").tags
+    assert tags["gate_evaluation"] == decision.evaluated_on
+
+
+def test_without_newer_records_the_in_window_test_decides(reg: dict[str, Any]) -> None:
+    _train(reg, Scores(noise=1.0), window_end="2018-05-31")
+    decision = _train(reg, Scores(noise=3.0), window_end="2018-06-30",
+                      newer=lambda after: None)
+    assert not decision.promoted and decision.evaluated_on == registry.IN_WINDOW
+
+
+def test_error_choosing_newer_records_fails_closed(reg: dict[str, Any]) -> None:
+    _train(reg, Scores(noise=3.0), window_end="2018-05-31")
+
+    def newer(after: str) -> registry.Evaluation:
+        raise OSError("lake unreachable")
+
+    with pytest.raises(registry.GateError, match="newer than both windows"):
+        _train(reg, Scores(noise=0.5), window_end="2018-06-30", newer=newer)
+    assert _alias(reg, "champion") == "1"
 
 
 def test_rollback_walks_back_the_champion_history(reg: dict[str, Any]) -> None:
@@ -148,6 +245,34 @@ def test_rollback_without_champion_fails(reg: dict[str, Any]) -> None:
 ])
 def test_decide(challenger: float, champion: float | None, promoted: bool) -> None:
     assert registry.decide(challenger, champion, 0.002)[0] is promoted
+
+
+@pytest.mark.parametrize(("challenger_end", "champion_end", "promoted"), [
+    ("2018-05-31", "2018-06-30", False), ("2018-06-30", "2018-06-30", True),
+    ("2018-07-31", "2018-06-30", True), (None, "2018-06-30", True),
+])
+def test_decide_by_window(challenger_end: str | None, champion_end: str, promoted: bool,
+                          ) -> None:
+    """A much better score never promotes a challenger trained on older data."""
+    ok, reason = registry.decide(0.99, 0.5, 0.002, challenger_end=challenger_end,
+                                 champion_end=champion_end)
+    assert ok is promoted
+    assert ("older data" in reason) is (not promoted)
+
+
+def test_cli_champion_shows_why_the_latest_version_was_not_promoted(
+        reg: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", reg["uri"])
+    monkeypatch.setenv("MODEL_NAME", reg["name"])
+    _train(reg, Scores(noise=3.0), window_end="2018-06-30")
+    _train(reg, Scores(noise=0.5), window_end="2018-05-31")
+    assert cli.main(["champion"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["version"] == "1" and shown["gate"]["decision"] == "promoted"
+    latest = shown["latest_challenger"]
+    assert latest["version"] == "2" and latest["decision"] == "kept_champion"
+    assert "older data" in latest["reason"]
 
 
 def test_cli_rollback_and_champion(reg: dict[str, Any], monkeypatch: pytest.MonkeyPatch,

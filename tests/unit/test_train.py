@@ -201,3 +201,71 @@ def test_pip_requirements_are_pinned_from_the_lock_file() -> None:
     for name, version in pins.items():
         assert f"{name}=={version}" in lock
     assert set(train.MODEL_REQUIREMENTS) == set(pins)
+
+
+def _versions(trained: dict[str, Any]) -> int:
+    name = trained["settings"].model_name
+    return len(_client(trained).search_model_versions(f"name='{name}'"))
+
+
+def test_a_pipeline_mismatch_fails_training_before_registering(
+        trained: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stage data that does not belong to the fitted stages: training fails, nothing is
+    registered (it used to log a warning and register the model)."""
+    settings, lake = trained["settings"], trained["lake"]
+    load = train.load_month
+
+    def shifted(month: str, lake: Lake, settings: Any) -> train.MonthData:
+        data = load(month, lake, settings)
+        data.X_test = data.X_test + 0.25  # as if from another ETL run than the fitted steps
+        return data
+
+    monkeypatch.setattr(train, "load_month", shifted)
+    before = _versions(trained)
+    with pytest.raises(train.PipelineMismatch, match="differs from the classifier"):
+        train.run_training(MONTH, settings, lake)
+    assert _versions(trained) == before
+
+
+def test_training_refuses_a_month_whose_stage_is_not_published(trained: dict[str, Any]) -> None:
+    settings, lake = trained["settings"], trained["lake"]
+    key = layout.manifest_key(MONTH, "select")
+    manifest = lake.get_bytes(key)
+    lake.delete(key)
+    try:
+        with pytest.raises(train.TrainingDataMissing, match="'select' is not published"):
+            train.run_training(MONTH, settings, lake)
+    finally:
+        lake.put_bytes(key, manifest)
+
+
+def test_newer_records_are_dated_after_both_windows(trained: dict[str, Any]) -> None:
+    settings, lake = trained["settings"], trained["lake"]
+    assert train.newer_records(lake, "2018-06-30", settings) is None  # nothing newer
+    found = train.newer_records(lake, "2018-05-31", settings, min_records=50)
+    assert found is not None
+    records, description = found
+    assert (records["date"].str[:10] > "2018-05-31").all()
+    _, test = etl.split_raw_window(MONTH, lake, settings)
+    june = test[test["date"].str[:10] > "2018-05-31"]
+    assert sorted(records["id"]) == sorted(june["id"])  # held-out rows only, none trained on
+    assert description == f"{len(records)} records of 2018-06's test split dated after 2018-05-31"
+    assert train.newer_records(lake, "2018-05-31", settings, min_records=10**6) is None
+
+
+def test_backfill_of_an_older_month_keeps_the_champion(trained: dict[str, Any],
+                                                       shared_data: Path) -> None:
+    """The reliability review's regression: a model trained on data ending 2018-05-31 scored
+    better on its own test set and replaced the champion trained through 2018-06-30."""
+    settings, lake = trained["settings"], trained["lake"]
+    seed_window_from_exports(lake, shared_data, "2018-05", months=2, max_rows=5000)
+    assert all(r["status"] == etl.OK for r in etl.run_all("2018-05", lake, settings).values())
+    client = _client(trained)
+    champion = client.get_model_version_by_alias(settings.model_name, "champion").version
+    result = train.run_training("2018-05", settings, lake)
+    assert result["promoted"] is False and "older data" in result["reason"]
+    assert str(client.get_model_version_by_alias(settings.model_name, "champion").version) == \
+        str(champion)
+    tags = client.get_model_version(settings.model_name, result["version"]).tags
+    assert tags["gate_decision"] == "kept_champion" and tags["window_end"] < "2018-06"
+    assert "never promoted automatically" in tags["gate_reason"]

@@ -5,12 +5,18 @@ model server, the notebooks): the client, alias resolution and what "not found" 
 
 * Every trained model is registered as a new version of ``settings.model_name`` with its
   :class:`ModelCard` written once as version tags, and gets the alias ``challenger``.
-* :func:`gate` scores the challenger and the current champion on the *same* records (the new
-  month's test split) and moves the champion alias (``settings.champion_alias``) only when the
-  challenger is better on ``settings.primary_metric`` by more than
-  ``settings.promotion_margin``. Ties and smaller gains keep the champion; the first model
-  becomes champion. The decision and both scores are recorded as tags of the new version
-  (``gate_*``).
+* :func:`gate` scores the challenger and the current champion on the *same* records and moves
+  the champion alias (``settings.champion_alias``) only when :func:`decide` says so: the
+  first model becomes champion; a challenger whose data window ends before the champion's is
+  never promoted automatically (a backfill of an older month); otherwise the challenger must
+  be better on ``settings.primary_metric`` by more than ``settings.promotion_margin`` (ties
+  and smaller gains keep the champion). The records are the challenger's test split, or,
+  when the lake has records dated after both windows, those (neither model trained on them).
+  The decision, its reason, the records and both scores are recorded as tags of the new
+  version (``gate_*``); ``chicago-crime champion`` (``make champion``) shows them.
+* The gate fails closed: an error while scoring either model keeps the champion, tags the
+  version ``gate_decision=error`` with ``gate_error``, and raises :class:`GateError` (the
+  training task fails).
 * A promoted version remembers the version it replaced in the tag ``previous_champion``;
   :func:`rollback` moves the champion alias back along that chain (the rolled-back version is
   tagged ``rolled_back_to``, the restored one ``restored_from``).
@@ -225,6 +231,27 @@ def register(client: Any, name: str, model_uri: str, run_id: str, card: ModelCar
     return version
 
 
+class GateError(RuntimeError):
+    """The gate could not score a model: the champion is kept, the version is tagged
+    ``gate_error`` and the caller (the training task) fails."""
+
+
+#: ``gate_decision`` tag values.
+PROMOTED, KEPT, ERROR = "promoted", "kept_champion", "error"
+#: How the gate describes the default evaluation data (the challenger's own test split).
+IN_WINDOW = "the challenger's in-window test split"
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Records both models are scored on: ``score(model)`` is the primary metric (higher is
+    better) and ``description`` says which records they are (kept in the ``gate_evaluation``
+    tag)."""
+
+    score: Callable[[Any], float]
+    description: str = IN_WINDOW
+
+
 @dataclass
 class GateDecision:
     """What :func:`gate` decided (also recorded as ``gate_*`` version tags)."""
@@ -234,19 +261,58 @@ class GateDecision:
     reason: str
     metric: str
     margin: float
-    challenger_score: float
+    challenger_score: float | None
     champion_version: str | None
     champion_score: float | None
+    evaluated_on: str = IN_WINDOW
+    error: str | None = None
+
+    @property
+    def outcome(self) -> str:
+        """The ``gate_decision`` tag: promoted, kept_champion or error."""
+        return ERROR if self.error else PROMOTED if self.promoted else KEPT
+
+    def tags(self) -> dict[str, str]:
+        """The decision as version tags."""
+        def num(value: float | None) -> str:
+            return "" if value is None else f"{value:.6f}"
+
+        out = {
+            "gate_metric": self.metric, "gate_margin": f"{self.margin:g}",
+            "gate_challenger_score": num(self.challenger_score),
+            "gate_champion_score": num(self.champion_score),
+            "gate_champion_version": self.champion_version or "",
+            "gate_decision": self.outcome, "gate_reason": self.reason,
+            "gate_evaluation": self.evaluated_on,
+        }
+        if self.error:
+            out["gate_error"] = self.error
+        return out
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "outcome": self.outcome}
 
 
-def decide(challenger_score: float, champion_score: float | None,
-           margin: float) -> tuple[bool, str]:
-    """Promote only when the challenger beats the champion by more than ``margin``."""
-    if champion_score is None:
+def decide(challenger_score: float | None, champion_score: float | None, margin: float, *,
+           challenger_end: str | None = None, champion_end: str | None = None,
+           has_champion: bool | None = None) -> tuple[bool, str]:
+    """The promotion rule, the one place it is written.
+
+    * no champion yet: the first model becomes champion;
+    * a challenger whose data window ends before the champion's (``*_end``, ``YYYY-MM-DD``)
+      is never promoted automatically: a backfill of an older month must not replace a model
+      trained on newer data (promote it by hand with the alias if that is really wanted);
+    * otherwise promote only when the challenger beats the champion by more than ``margin``.
+    """
+    if has_champion is None:
+        has_champion = champion_score is not None
+    if not has_champion:
         return True, "no champion yet: the first model becomes champion"
+    if challenger_end and champion_end and challenger_end < champion_end:
+        return False, (f"older data: the challenger's window ends {challenger_end}, before the "
+                       f"champion's ({champion_end}); never promoted automatically")
+    if challenger_score is None or champion_score is None:
+        raise ValueError("both scores are needed to compare a challenger with a champion")
     gain = challenger_score - champion_score
     if gain > margin:
         return True, f"challenger better by {gain:.6f} > margin {margin:g}"
@@ -255,55 +321,92 @@ def decide(challenger_score: float, champion_score: float | None,
     return False, f"gain {gain:.6f} <= margin {margin:g}: the champion is kept"
 
 
-def gate(client: Any, name: str, version: str, score: Callable[[Any], float], *,
-         champion_alias: str, metric: str, margin: float, challenger_model: Any | None = None,
-         load: Callable[[str, str], Any] = load_version) -> GateDecision:
-    """Score champion and challenger with ``score(model)``; move ``champion_alias`` if earned.
+def _error_text(exc: BaseException, limit: int = 500) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= limit else text[:limit - 1] + "\u2026"
 
-    ``score`` maps a loaded model to the primary metric on the current test records (higher
-    is better). ``challenger_model`` avoids reloading the just-trained model.
+
+def gate(client: Any, name: str, version: str, score: Callable[[Any], float] | Evaluation, *,
+         champion_alias: str, metric: str, margin: float, challenger_model: Any | None = None,
+         load: Callable[[str, str], Any] = load_version,
+         newer: Callable[[str], Evaluation | None] | None = None) -> GateDecision:
+    """Decide whether ``version`` replaces the champion; move ``champion_alias`` if earned.
+
+    ``score`` maps a loaded model to the primary metric on the challenger's test records
+    (higher is better). ``newer(after)``, when given, returns records dated after ``after``
+    (the later of both windows' last days), which neither model trained on; when it returns
+    some, both are scored on them instead. ``challenger_model`` avoids reloading the
+    just-trained model.
+
+    Fails closed: any error while scoring keeps the champion, tags the version with
+    ``gate_decision=error`` and ``gate_error``, and raises :class:`GateError`.
     """
     version = str(version)
+    evaluation = score if isinstance(score, Evaluation) else Evaluation(score)
     champion = version_by_alias(client, name, champion_alias)
-    challenger_score = float(score(challenger_model if challenger_model is not None
-                                   else load(name, version)))
-    champion_score: float | None = None
-    champion_version = champion.version if champion is not None else None
-    if champion is not None and str(champion.version) == version:
-        promoted, reason = False, "this version is already the champion"
-        champion_score = challenger_score
-    else:
-        if champion is not None:
-            try:
-                champion_score = float(score(load(name, champion.version)))
-            except Exception as exc:  # an unloadable champion cannot be served either
-                log.warning("champion v%s could not be scored", champion.version, exc_info=True)
-                promoted, reason = True, f"champion v{champion.version} could not be scored: {exc}"
-            else:
-                promoted, reason = decide(challenger_score, champion_score, margin)
+    champion_version = None if champion is None else str(champion.version)
+    challenger_end = ModelCard.from_version(name, client.get_model_version(name, version)
+                                            ).window_end
+    champion_end = None if champion is None else ModelCard.from_version(name, champion
+                                                                        ).window_end
+    decision = GateDecision(version=version, promoted=False, reason="", metric=metric,
+                            margin=margin, challenger_score=None,
+                            champion_version=champion_version, champion_score=None,
+                            evaluated_on=evaluation.description)
+    step = "scoring the challenger"
+    try:
+        if champion_version == version:
+            decision.challenger_score = float(evaluation.score(
+                challenger_model if challenger_model is not None else load(name, version)))
+            decision.champion_score = decision.challenger_score
+            decision.reason = "this version is already the champion"
         else:
-            promoted, reason = decide(challenger_score, None, margin)
-    decision = GateDecision(version=version, promoted=promoted, reason=reason, metric=metric,
-                            margin=margin, challenger_score=challenger_score,
-                            champion_version=champion_version, champion_score=champion_score)
-    tags = {
-        "gate_metric": metric, "gate_margin": f"{margin:g}",
-        "gate_challenger_score": f"{challenger_score:.6f}",
-        "gate_champion_score": "" if champion_score is None else f"{champion_score:.6f}",
-        "gate_champion_version": champion_version or "",
-        "gate_decision": "promoted" if promoted else "kept_champion",
-        "gate_reason": reason,
-    }
+            older = bool(challenger_end and champion_end and challenger_end < champion_end)
+            if newer is not None and champion is not None and challenger_end and champion_end \
+                    and not older:
+                step = "choosing records newer than both windows"
+                later = newer(max(challenger_end, champion_end))
+                if later is not None:
+                    evaluation = later
+                    decision.evaluated_on = later.description
+            step = "scoring the challenger"
+            decision.challenger_score = float(evaluation.score(
+                challenger_model if challenger_model is not None else load(name, version)))
+            if champion is not None and not older:
+                step = f"scoring the champion v{champion_version}"
+                decision.champion_score = float(evaluation.score(load(name, champion_version)))
+            step = "deciding"
+            decision.promoted, decision.reason = decide(
+                decision.challenger_score, decision.champion_score, margin,
+                challenger_end=challenger_end, champion_end=champion_end,
+                has_champion=champion is not None)
+    except Exception as exc:  # fail closed: nothing is promoted on an error
+        decision.promoted = False
+        decision.error = _error_text(exc)
+        decision.reason = f"error while {step}: the champion is kept ({decision.error})"
+        log.error("%s v%s: %s", name, version, decision.reason, exc_info=True)
+        _tag(client, name, version, decision.tags())
+        raise GateError(f"{name} v{version}: {decision.reason}") from exc
+    _tag(client, name, version, decision.tags())
+    if decision.promoted:
+        if champion_version is not None:
+            client.set_model_version_tag(name, version, PREVIOUS_TAG, champion_version)
+        client.set_registered_model_alias(name, champion_alias, version)
+        log.info("%s v%s is the new %s (%s)", name, version, champion_alias, decision.reason)
+    else:
+        log.info("%s v%s not promoted (%s)", name, version, decision.reason)
+    return decision
+
+
+def _tag(client: Any, name: str, version: str, tags: dict[str, str]) -> None:
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
-    if promoted:
-        if champion_version is not None:
-            client.set_model_version_tag(name, version, PREVIOUS_TAG, str(champion_version))
-        client.set_registered_model_alias(name, champion_alias, version)
-        log.info("%s v%s is the new %s (%s)", name, version, champion_alias, reason)
-    else:
-        log.info("%s v%s not promoted (%s)", name, version, reason)
-    return decision
+
+
+def last_decision(version: Any) -> dict[str, str]:
+    """The ``gate_*`` tags of a version (its gate decision, reason and scores), unprefixed."""
+    tags = dict(getattr(version, "tags", None) or {})
+    return {k.removeprefix("gate_"): v for k, v in sorted(tags.items()) if k.startswith("gate_")}
 
 
 def rollback(client: Any, name: str, champion_alias: str) -> dict[str, str]:
@@ -325,10 +428,18 @@ def rollback(client: Any, name: str, champion_alias: str) -> dict[str, str]:
 
 
 def describe(client: Any, name: str, alias: str) -> dict[str, Any] | None:
-    """The card, source, aliases and tags of the version ``alias`` points at (None when unset)."""
+    """The card, source, aliases and tags of the version ``alias`` points at (None when unset),
+    with its gate decision (``gate``) and, when the newest version (``challenger``) is another
+    one, that version's decision too (``latest_challenger``: why it did or did not replace
+    the champion)."""
     version = version_by_alias(client, name, alias)
     if version is None:
         return None
-    return {**ModelCard.from_version(name, version).as_dict(), "alias": alias,
-            "source": version.source, "aliases": list(version.aliases or []),
-            "tags": dict(version.tags or {})}
+    out = {**ModelCard.from_version(name, version).as_dict(), "alias": alias,
+           "source": version.source, "aliases": list(version.aliases or []),
+           "gate": last_decision(version), "tags": dict(version.tags or {})}
+    challenger = version_by_alias(client, name, CHALLENGER)
+    if challenger is not None and str(challenger.version) != str(version.version):
+        out["latest_challenger"] = {"version": str(challenger.version),
+                                    **last_decision(challenger)}
+    return out

@@ -6,7 +6,9 @@ one function per phase:
 1. **Load** (:func:`load_month`) the month's ETL outputs: the fitted objects of the stage
    table's served stages (:mod:`chicago_crime.stages`), the classifier's train/test sets (the
    training-data stage, restricted to the selected features) and the raw records of the same
-   train/test split.
+   train/test split, only through the stages' manifests (every stage published, each built
+   from the published output of the one before, every byte as its manifest says) and fitted
+   objects only through skops with the package's trusted types.
 2. **Search** (:mod:`chicago_crime.model.tune`): Optuna over model family, hyperparameters and
    in-fold balancing, one nested MLflow run per trial.
 3. **Refit** the best candidate on the full train set inside
@@ -17,11 +19,15 @@ one function per phase:
 4. **Assemble** the served model ``Pipeline([enrich, outliers, encode, scale, select, clf])``:
    the served stages' fitted objects are the very objects the ETL stored, so training and
    serving cannot skew. It takes raw records and returns calibrated probabilities.
-5. **Evaluate** it on the month's raw test records (:mod:`chicago_crime.model.evaluate`).
+5. **Evaluate** it on the month's raw test records (:mod:`chicago_crime.model.evaluate`);
+   the assembled pipeline must reproduce the classifier on the stage data
+   (:class:`PipelineMismatch` fails the training otherwise).
 6. **Log** it (signature, input example, pinned requirements, skops with the package's trusted
    types, ``predict_proba`` pyfunc), **register** it with its model card
    (:class:`~chicago_crime.model.registry.ModelCard`, the one record of threshold, features
-   and window) and let the gate decide about the champion alias.
+   and window) and let the gate decide about the champion alias: on records dated after both
+   models' windows when the lake has them (:func:`newer_records`), else on the month's test
+   split; an error there fails the training and keeps the champion.
 
 The logged model ships no code (``code_paths`` is empty): loading it needs the
 ``chicago-crime`` package installed, as it is in the API, the Airflow images and the venv.
@@ -32,6 +38,7 @@ shadows), i.e. the API would run half on the model's copy.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -56,6 +63,8 @@ from chicago_crime import etl, layout, serialization, stages
 from chicago_crime import record as R
 from chicago_crime.config import Settings, get_settings
 from chicago_crime.lake import Lake
+from chicago_crime.layout import MANIFEST_FILE
+from chicago_crime.manifest import StageNotPublished
 from chicago_crime.model import evaluate as ev
 from chicago_crime.model import registry, tune
 from chicago_crime.model.registry import ModelCard
@@ -104,29 +113,45 @@ class MonthData:
 
 
 class TrainingDataMissing(FileNotFoundError):
-    """The month's ETL outputs are not (all) in the lake."""
+    """The month's ETL outputs are not (all) published in the lake."""
 
 
-def _require(lake: Lake, key: str) -> str:
-    if not lake.exists(key):
-        raise TrainingDataMissing(f"{lake.uri(key)} is missing: run the ETL for this month")
-    return key
+class PipelineMismatch(RuntimeError):
+    """The assembled served pipeline does not reproduce the classifier on the stage data."""
+
+
+#: Largest difference allowed between the served pipeline on raw records and the classifier
+#: on the ETL's stage data (float noise only).
+CONSISTENCY_TOLERANCE = 1e-6
+#: Fewest records dated after both windows for the gate to compare on them.
+NEWER_MIN_RECORDS = 500
+
+
+def _frame(data: bytes) -> pd.DataFrame:
+    return pd.read_parquet(io.BytesIO(data), engine="pyarrow")
 
 
 def load_month(month: str, lake: Lake, settings: Settings) -> MonthData:
     """Read the served stages' fitted objects, the training data and the raw split of
-    ``month``."""
-    keys = {s.name: _require(lake, layout.fitted_key(month, s.name)) for s in stages.served()}
-    steps = [(name, lake.read_object(key)) for name, key in keys.items()]
+    ``month``, all through the stages' manifests (:func:`etl.published_chain`): a stage that
+    is not published, whose objects differ from its manifest, or that was built from another
+    output of its source, is refused."""
+    try:
+        chain = etl.published_chain(lake, month)
+    except StageNotPublished as exc:
+        raise TrainingDataMissing(f"{month}: {exc}") from exc
+    # skops with the package's trusted types only: nothing from the lake is unpickled
+    steps = [(s.name, serialization.loads(chain[s.name].read("fitted")))
+             for s in stages.served()]
+    keys = {s.name: chain[s.name].key("fitted") for s in stages.served()}
     features = [str(c) for c in steps[-1][1].get_feature_names_out()]
-    data_stage = stages.training_data().name
-    for part in ("train", "test"):
-        keys[f"{part}_data"] = _require(lake, layout.data_key(month, data_stage, part))
-    keys["split_test"] = _require(lake, layout.data_key(month, stages.SPLIT, "test"))
-    keys["window"] = _require(lake, layout.window_key(month))
-    train = lake.read_parquet(keys["train_data"])
-    test = lake.read_parquet(keys["test_data"])
-    split_test_ids = lake.read_parquet(keys["split_test"])[etl.ID_COL].astype(str)
+    data_stage = chain[stages.training_data().name]
+    keys.update(train_data=data_stage.key("train"), test_data=data_stage.key("test"),
+                split_test=chain[stages.SPLIT].key("test"), window=layout.window_key(month))
+    keys.update({f"manifest_{name}": pub.prefix + MANIFEST_FILE for name, pub in chain.items()})
+    train = _frame(data_stage.read("train"))
+    test = _frame(data_stage.read("test"))
+    split_test_ids = _frame(chain[stages.SPLIT].read("test"))[etl.ID_COL].astype(str)
     raw = etl.split_raw_window(month, lake, settings)
     if raw is None:
         raise TrainingDataMissing(f"raw window or split of {month} missing")
@@ -143,6 +168,62 @@ def load_month(month: str, lake: Lake, settings: Settings) -> MonthData:
         X_test=test[features], y_test=y_test, raw_train=raw_train, raw_test=raw_test,
         keys=keys,
     )
+
+
+def processed_months(lake: Lake) -> list[str]:
+    """Months whose ``split`` stage is published in the lake, oldest first."""
+    months = set()
+    for key in lake.iter_keys(layout.PROCESSED_PREFIX):
+        stamp, _, rest = key[len(layout.PROCESSED_PREFIX):].partition("/")
+        if rest == f"{stages.SPLIT}/{MANIFEST_FILE}":
+            months.add(stamp[:7])
+    return sorted(months)
+
+
+def newer_records(lake: Lake, after: str, settings: Settings,
+                  min_records: int = NEWER_MIN_RECORDS) -> tuple[pd.DataFrame, str] | None:
+    """Raw test records dated after ``after`` (``YYYY-MM-DD``): the held-out split of the
+    newest processed month whose window goes past ``after``, restricted to the days after it,
+    so neither the challenger nor the champion (both trained up to ``after`` at most) saw
+    them. None when the lake has no such month or too few records (< ``min_records``, or one
+    class only)."""
+    later = [m for m in processed_months(lake) if layout.stamp(m) > after]
+    if not later:
+        return None
+    month = later[-1]
+    split = etl.split_raw_window(month, lake, settings)
+    if split is None:
+        return None
+    test = split[1]
+    test = test[test["date"].astype(str).str[:10] > after].reset_index(drop=True)
+    labels = R.labels(test)
+    test = test[~np.isnan(labels)].reset_index(drop=True)
+    y = R.labels(test)
+    if len(test) < min_records or len(set(y.tolist())) < 2:
+        log.info("only %d records of %s dated after %s: the gate uses the challenger's own "
+                 "test split", len(test), month, after)
+        return None
+    return test, f"{len(test)} records of {month}'s test split dated after {after}"
+
+
+def newer_evaluation(lake: Lake, settings: Settings) -> Any:
+    """``newer(after)`` for :func:`registry.gate`: both models scored on records dated after
+    both windows, when the lake has enough of them."""
+    metric = settings.primary_metric
+
+    def newer(after: str) -> registry.Evaluation | None:
+        found = newer_records(lake, after, settings)
+        if found is None:
+            return None
+        records, description = found
+        inputs, y = R.model_frame(records), R.labels(records).astype(int)
+
+        def score(model: Any) -> float:
+            return ev.gate_score(metric, y, model.predict_proba(inputs)[:, 1])
+
+        return registry.Evaluation(score, description)
+
+    return newer
 
 
 # --------------------------------------------------------------------------------------------
@@ -308,14 +389,15 @@ def run_training(month: str, settings: Settings | None = None, lake: Lake | None
             window_end=window_end, metrics=_finite(evaluation.metrics),
             calibration=final.classifier.method, model_family=search.best_params["model"],
             balanced=bool(search.best_params.get("balance")))
-        card, decision = _register(model, card, data, evaluation, settings)
+        card, decision = _register(model, card, data, evaluation, settings, lake)
         mlflow.log_metric("train_seconds", time.perf_counter() - started)
     return {
         "month": month, "run_id": card.run_id, "model_name": card.name,
         "version": card.version, "promoted": decision.promoted, "reason": decision.reason,
         "champion_version": decision.champion_version,
         "challenger_score": decision.challenger_score,
-        "champion_score": decision.champion_score, "threshold": final.threshold,
+        "champion_score": decision.champion_score, "gate_evaluation": decision.evaluated_on,
+        "threshold": final.threshold,
         "best_params": search.best_params, "trials": search.n_trials,
         "search_seconds": search.seconds,
         "metrics": {k: round(v, 6) for k, v in _finite(evaluation.metrics).items()},
@@ -386,8 +468,12 @@ def _evaluate(model: Pipeline, final: FinalModel, data: MonthData, seed: int,
     p_test = model.predict_proba(inputs)[:, 1]
     p_direct = final.classifier.predict_proba(data.X_test)[:, 1]
     consistency = float(np.max(np.abs(p_test - p_direct))) if len(p_test) else 0.0
-    if consistency > 1e-6:
-        log.warning("served pipeline differs from the stage data by %.3g", consistency)
+    mlflow.log_metric("pipeline_consistency_max_abs_diff", consistency)
+    if not consistency <= CONSISTENCY_TOLERANCE:  # NaN fails too
+        raise PipelineMismatch(
+            f"{data.month}: the assembled served pipeline differs from the classifier on the "
+            f"ETL's stage data by {consistency:.3g} (> {CONSISTENCY_TOLERANCE:g}): the fitted "
+            "stages and the stage data do not belong together; rerun the ETL for the month")
     baseline = ev.IucrRateBaseline().fit(data.raw_train, R.labels(data.raw_train))
     p_base = baseline.predict_proba(data.raw_test)[:, 1]
     importance = ev.permutation_importance_frame(final.classifier, data.X_test, data.y_test,
@@ -403,13 +489,12 @@ def _evaluate(model: Pipeline, final: FinalModel, data: MonthData, seed: int,
     mlflow.log_metrics(_finite({
         **{f"test_{k}": v for k, v in metrics.items()},
         **{f"baseline_test_{k}": v for k, v in base_metrics.items()},
-        "pipeline_consistency_max_abs_diff": consistency,
     }))
     return Evaluation(inputs, p_test, metrics, base_metrics)
 
 
 def _register(model: Pipeline, card: ModelCard, data: MonthData, evaluation: Evaluation,
-              settings: Settings) -> tuple[ModelCard, registry.GateDecision]:
+              settings: Settings, lake: Lake) -> tuple[ModelCard, registry.GateDecision]:
     """Log the model, register it with its card and run the gate."""
     import mlflow
     from mlflow.models import infer_signature
@@ -435,9 +520,15 @@ def _register(model: Pipeline, card: ModelCard, data: MonthData, evaluation: Eva
     def score(candidate: Any) -> float:
         return ev.gate_score(metric, y_test, candidate.predict_proba(evaluation.inputs)[:, 1])
 
-    decision = registry.gate(client, card.name, card.version, score,
-                             champion_alias=settings.champion_alias, metric=metric,
-                             margin=settings.promotion_margin, challenger_model=model)
-    mlflow.set_tags({"registered_version": card.version,
-                     "gate_decision": "promoted" if decision.promoted else "kept_champion"})
+    mlflow.set_tag("registered_version", card.version)
+    try:
+        decision = registry.gate(
+            client, card.name, card.version, registry.Evaluation(score), metric=metric,
+            champion_alias=settings.champion_alias, margin=settings.promotion_margin,
+            challenger_model=model, newer=newer_evaluation(lake, settings))
+    except registry.GateError:
+        mlflow.set_tag("gate_decision", registry.ERROR)
+        raise
+    mlflow.set_tags({"gate_decision": decision.outcome, "gate_reason": decision.reason[:5000],
+                     "gate_evaluation": decision.evaluated_on})
     return card, decision

@@ -1,0 +1,54 @@
+"""Governance on the native stack: backfilling an older month registers a model and leaves the
+champion trained on newer data in place (the reliability review saw it replaced)."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+
+from chicago_crime.devtools import demo
+from chicago_crime.devtools.airflow_client import AirflowClient
+from chicago_crime.model import registry
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(3000)]
+MONTH, OLDER = "2018-06", "2018-05"
+
+
+@pytest.fixture(scope="module")
+def champion(stack_settings) -> registry.ModelCard:
+    """The champion, trained on the newest month (the training test usually made it)."""
+    client = registry.client_for(stack_settings)
+    name, alias = stack_settings.model_name, stack_settings.champion_alias
+    if registry.card(client, name, alias) is None:
+        demo.run_demo(MONTH, stack_settings)
+    card = registry.card(client, name, alias)
+    assert card is not None and card.window_end == "2018-06-30", card
+    return card
+
+
+def test_backfill_of_an_older_month_leaves_the_champion(champion, stack_settings):
+    airflow = AirflowClient(stack_settings)
+    for dag_id in (demo.ETL_DAG, demo.TRAIN_DAG):
+        airflow.wait_for_dag(dag_id)
+        airflow.set_paused(dag_id, False)
+    etl_run = demo.run_etl(airflow, OLDER)
+    assert etl_run["state"] == "success"
+    train_run = demo.wait_for_training(airflow, after=etl_run["start_date"])
+    assert train_run["state"] == "success"
+    result = airflow.request(
+        "GET", f"/dags/{demo.TRAIN_DAG}/dagRuns/{train_run['dag_run_id']}/taskInstances/"
+        "train_and_register/xcomEntries/return_value")["value"]
+    assert result["month"] == OLDER and result["promoted"] is False
+    assert "older data" in result["reason"] and "2018-06-30" in result["reason"]
+    client = registry.client_for(stack_settings)
+    name = stack_settings.model_name
+    version = client.get_model_version(name, str(result["version"]))
+    assert version.tags["gate_decision"] == "kept_champion"
+    assert version.tags["window_end"] < "2018-06-01"
+    current = registry.card(client, name, stack_settings.champion_alias)
+    assert current is not None and current.version == champion.version
+    shown = registry.describe(client, name, stack_settings.champion_alias)
+    assert shown["latest_challenger"]["version"] == str(result["version"])
+    assert "never promoted automatically" in shown["latest_challenger"]["reason"]
+    served = requests.get(f"{stack_settings.api_url}/model", timeout=10).json()
+    assert str(served["version"]) == champion.version
