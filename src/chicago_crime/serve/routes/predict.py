@@ -10,6 +10,7 @@ from fastapi import APIRouter, Body, HTTPException, Response, status
 from fastapi.concurrency import run_in_threadpool
 
 from chicago_crime.serve.deps import BatchDep, MetricsDep, ModelDep
+from chicago_crime.serve.limits import SafeJSONRoute
 from chicago_crime.serve.metrics import ServerMetrics
 from chicago_crime.serve.model_store import LoadedModel
 from chicago_crime.serve.routes.common import INVALID, TOO_LARGE, UNAVAILABLE
@@ -21,7 +22,7 @@ from chicago_crime.serve.schemas import (
     Prediction,
 )
 
-router = APIRouter(tags=["predict"])
+router = APIRouter(tags=["predict"], route_class=SafeJSONRoute)
 
 #: Fast-path requests up to this many records run on the event loop (sub-millisecond);
 #: anything slower goes to the thread pool so the loop keeps answering /health and /ready.
