@@ -6,8 +6,8 @@ import json
 import math
 from typing import Annotated, Any
 
+import anyio.to_thread
 from fastapi import APIRouter, Body, HTTPException, Response, status
-from fastapi.concurrency import run_in_threadpool
 
 from chicago_crime.serve.deps import BatchDep, MetricsDep, ModelDep
 from chicago_crime.serve.limits import SafeJSONRoute
@@ -59,7 +59,10 @@ async def score(
     if loaded.predictor.kind == "fast" and len(records) <= INLINE_MAX_RECORDS:
         items = _score_sync(loaded, records)
     else:
-        items = await run_in_threadpool(_score_sync, loaded, records)
+        # abandoned on cancel: API_REQUEST_TIMEOUT_SECONDS answers at once (the thread's
+        # result is dropped when it finishes)
+        items = await anyio.to_thread.run_sync(_score_sync, loaded, records,
+                                               abandon_on_cancel=True)
     metrics.record_predictions(loaded.version, [i["arrest"] for i in items])
     return items
 
