@@ -182,14 +182,15 @@ def load_version(name: str, version: str, tracking_uri: str | None = None, *,
     reproduces its run's serving check (:mod:`chicago_crime.model.artifact`); anything else
     raises :class:`~chicago_crime.model.artifact.ModelRefused`. The model server and the
     training gate load through here. ``client`` (or ``tracking_uri``, else MLflow's current
-    URIs) is the registry read.
+    registry URI) is the server read; the platform's registry and tracking server are one.
     """
-    from mlflow import MlflowClient
+    import mlflow
 
     from chicago_crime.model import artifact
 
     if client is None:
-        client = MlflowClient(tracking_uri, tracking_uri) if tracking_uri else MlflowClient()
+        uri = tracking_uri or mlflow.get_registry_uri()
+        client = mlflow.MlflowClient(uri, uri)
     return artifact.load(artifact.fetch(client, name, str(version)))
 
 
