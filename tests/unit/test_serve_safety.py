@@ -19,6 +19,7 @@ from test_serve import API_KEY, Registry, build_registry, server_settings
 
 from chicago_crime.model import artifact, registry
 from chicago_crime.model.artifact import ModelRefused
+from chicago_crime.serve import model_cache
 from chicago_crime.serve.app import create_app
 from chicago_crime.serve.model_store import ModelStore
 
@@ -217,7 +218,8 @@ def test_a_failed_load_is_retried_with_backoff_not_on_every_poll(reg, cache_dir,
 
 # -- C: the local copy of the last good champion ------------------------------------------------
 def test_the_last_good_champion_is_kept_and_served_when_the_registry_is_down(
-        reg, cache_dir) -> None:
+        reg, cache_dir, monkeypatch) -> None:
+    monkeypatch.setattr(model_cache, "KEEP_SECONDS", 0)  # old model files go at once
     reg.set_champion("1")
     store = started(reg, cache_dir)
     assert store.current.origin == "registry"

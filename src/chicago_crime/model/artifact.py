@@ -120,9 +120,16 @@ def model_file(mlmodel_text: str) -> str:
     return name
 
 
+def _text(path: Path) -> str:
+    """A small text file of the artifact (``MLmodel``); refused when it is not one."""
+    if path.stat().st_size > 1_000_000:
+        raise ModelRefused(f"its {path.name} is larger than 1 MB")
+    return path.read_bytes().decode("utf-8", "replace")
+
+
 def read_model(folder: Path) -> bytes:
     """The skops bytes of a downloaded model folder (refused unless skops)."""
-    path = folder / model_file((folder / "MLmodel").read_text())
+    path = folder / model_file(_text(folder / "MLmodel"))
     if not path.is_file():
         raise ModelRefused(f"its model file {path.name} is missing")
     if path.stat().st_size > MAX_MODEL_BYTES:
@@ -168,7 +175,7 @@ def fetch(client: Any, name: str, version: str, *, download_dir: str | Path | No
     with tempfile.TemporaryDirectory(prefix="model-", dir=download_dir) as tmp:
         folder = Path(tmp)
         mlmodel = _download(f"{base}/MLmodel", folder / "m", tracking_uri)
-        file_name = model_file(mlmodel.read_text())
+        file_name = model_file(_text(mlmodel))
         _download(f"{base}/{file_name}", folder / "m", tracking_uri)
         data = read_model(folder / "m")
         if not meta.run_id:

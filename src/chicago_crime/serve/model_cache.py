@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +29,8 @@ from chicago_crime.model.artifact import VersionArtifact
 log = logging.getLogger(__name__)
 
 FORMAT = 1
+#: Other model files younger than this are left alone (another worker may point at one).
+KEEP_SECONDS = 300
 
 
 @dataclass(frozen=True)
@@ -88,8 +91,9 @@ class ModelCache:
                "check": artifact.check, "saved_at": datetime.now(UTC).isoformat()}
         _atomic_write(self.document, json.dumps(doc).encode())
         for old in self.folder.glob(f"{self.name}-*.skops"):
-            if old != blob:
-                with contextlib.suppress(OSError):
+            # another worker process may have just written (and be pointing at) a newer one
+            with contextlib.suppress(OSError):
+                if old != blob and time.time() - old.stat().st_mtime > KEEP_SECONDS:
                     old.unlink()
         log.info("kept %s version %s as the local copy in %s", self.name, version, self.folder)
 
