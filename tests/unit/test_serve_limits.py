@@ -291,3 +291,19 @@ def test_a_fast_prediction_never_touches_the_thread_pool(toy, monkeypatch) -> No
             assert c.post("/predict", json=GOOD).json()["arrest_probability"] == 0.25
     assert calls == [], calls
     assert asyncio.iscoroutinefunction(deps._model)
+
+
+def test_an_artifacts_text_in_a_refusal_cannot_break_ready_or_model(toy) -> None:
+    from chicago_crime.model.artifact import ModelRefused
+
+    app = app_for(toy)
+    store = app.state.store
+    with TestClient(app) as c:
+        store.champion_failure = store._remember_failure(
+            "9", ModelRefused("it is logged as \ud800\x00" + "x" * 5000))
+        for path in ("/ready", "/model"):
+            response = c.get(path)
+            assert response.status_code == 200, response.text
+            refused = response.json()["champion_refused"]
+            assert refused["version"] == "9" and "\\ud800" in refused["reason"]
+            assert len(refused["reason"]) <= 500

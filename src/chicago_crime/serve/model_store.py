@@ -260,7 +260,7 @@ class ModelStore:
                     * 2 ** (attempts - 1))
         reason = str(exc) if refused else f"{type(exc).__name__}: {str(exc)[:300]}"
         # artifact-controlled text: keep it printable in any JSON response
-        reason = reason[:500].encode("utf-8", "backslashreplace").decode("utf-8")
+        reason = reason.encode("utf-8", "backslashreplace").decode("utf-8")[:500]
         failure = LoadFailure(version=version, reason=reason, refused=refused,
                               attempts=attempts, at=datetime.now(UTC),
                               retry_at=None if refused else time.monotonic() + delay)
