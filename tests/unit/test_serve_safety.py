@@ -312,3 +312,23 @@ def test_no_pickle_switch_anywhere_in_the_package() -> None:
                  if "MLFLOW_ALLOW_PICKLE_DESERIALIZATION" in p.read_text()]
     assert offenders == []
     assert "MLFLOW_ALLOW_PICKLE_DESERIALIZATION" not in os.environ
+
+
+def test_a_restart_serves_the_champions_local_copy_without_downloading_it(
+        reg, cache_dir, monkeypatch) -> None:
+    reg.set_champion("1")
+    started(reg, cache_dir)
+    fetches: list[str] = []
+    real_fetch = artifact.fetch
+    monkeypatch.setattr(artifact, "fetch",
+                        lambda *a, **k: fetches.append(a[2]) or real_fetch(*a, **k))
+    store = started(reg, cache_dir)
+    assert fetches == [] and store.current.version == "1"
+    assert store.current.origin == "registry" and not store.degraded
+    doc = json.loads((cache_dir / f"{reg.name}.json").read_text())
+    doc["check"]["probabilities"][0] += 0.5  # a copy that no longer verifies: downloaded
+    (cache_dir / f"{reg.name}.json").write_text(json.dumps(doc))
+    store = started(reg, cache_dir)
+    assert fetches == ["1"] and store.current.version == "1"
+    started(reg, cache_dir)  # the download rewrote the copy: used again
+    assert fetches == ["1"]

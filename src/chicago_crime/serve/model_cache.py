@@ -81,7 +81,8 @@ class ModelCache:
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         sha = artifact.sha256
         current = self.read_document()
-        if current and current.get("sha256") == sha and current.get("version") == version:
+        if current and (current.get("sha256"), current.get("version"), current.get("check")) \
+                == (sha, version, artifact.check) and self._blob(sha).is_file():
             return
         blob = self._blob(sha)
         if not blob.is_file():

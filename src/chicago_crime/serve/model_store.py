@@ -13,7 +13,8 @@ requests finish on the version they started with.
   serving and ``/ready`` names the refused version and why.
 * Every version that went live is kept as the last good copy (:mod:`.model_cache`). At start,
   when the registry cannot be read (or its champion cannot be loaded), that copy is verified
-  again and served, and the store reports itself degraded until the registry answers.
+  again and served, and the store reports itself degraded until the registry answers; when it
+  is the registry's champion, it is verified and served without a download.
 
 Every registry look-up goes through :mod:`chicago_crime.model.registry`; the model's
 threshold, features and window are its :class:`~chicago_crime.model.registry.ModelCard`.
@@ -309,6 +310,12 @@ class ModelStore:
                     not force and time.monotonic() < (failure.retry_at or 0))):
                 self.champion_failure = failure
                 return RefreshOutcome(False, failure.message(self.alias))
+            if current is None and (loaded := self._cached_champion(meta)) is not None:
+                self.failures.pop(version, None)
+                self.champion_failure = None
+                self._swap(loaded)
+                return RefreshOutcome(True, f"now serving version {version} (the local copy "
+                                            "of the registry's champion, verified)")
             try:
                 art = artifact.fetch(client, self.name, version,
                                      download_dir=self._download_dir())
@@ -340,6 +347,22 @@ class ModelStore:
         except OSError as exc:
             log.warning("could not keep the local model copy in %s: %s", self.cache.folder,
                         exc)
+
+    def _cached_champion(self, meta: Any) -> LoadedModel | None:
+        """At start: the local copy when it is the version the registry names (no download;
+        verified all the same), else None."""
+        if self.cache is None:
+            return None
+        doc = self.cache.read_document()
+        if not doc or str(doc.get("version")) != str(meta.version):
+            return None
+        try:
+            cached = self.cache.load()
+            return None if cached is None else self._build(meta, cached.artifact,
+                                                           origin="registry")
+        except Exception as exc:
+            log.warning("the local copy of version %s cannot be used: %s", meta.version, exc)
+            return None
 
     def load_cached(self) -> bool:
         """Serve the local copy when nothing is loaded (verified again); whether it is."""
