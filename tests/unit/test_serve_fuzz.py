@@ -27,7 +27,7 @@ OPERATIONS = (
 class StaticStore(ModelStore):
     """A store holding one in-memory model; the registry is never contacted."""
 
-    def refresh(self) -> RefreshOutcome:
+    def refresh(self, *, force: bool = False) -> RefreshOutcome:
         self.registry_reachable = True
         return RefreshOutcome(False, "static model")
 
