@@ -102,10 +102,14 @@ def fit_model(kind: str, records: list[dict[str, Any]]) -> Any:
     return model.fit(frame, y)
 
 
-def register(model: Any, root: Path) -> str:
-    """Log + register the model in a sqlite registry under ``root``; returns the tracking URI."""
+def register(model: Any, root: Path, check: list[dict[str, Any]]) -> str:
+    """Log + register the model (skops, with its serving check on ``check`` records) in a
+    sqlite registry under ``root``; returns the tracking URI."""
     import mlflow
     import mlflow.sklearn
+
+    from chicago_crime import serialization
+    from chicago_crime.model import artifact
 
     uri = f"sqlite:///{root / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
@@ -116,8 +120,10 @@ def register(model: Any, root: Path) -> str:
         mlflow.log_metric("threshold", 0.35)
         info = mlflow.sklearn.log_model(
             model, name="model", registered_model_name=MODEL_NAME,
-            serialization_format="cloudpickle", pip_requirements=["scikit-learn"],
+            serialization_format="skops", pip_requirements=["scikit-learn"],
+            skops_trusted_types=serialization.trusted_types(),
         )
+        artifact.log_serving_check(model, check)
     client.set_registered_model_alias(MODEL_NAME, "champion", info.registered_model_version)
     return uri
 
@@ -130,8 +136,7 @@ def free_port() -> int:
 
 def start_server(uri: str, port: int) -> subprocess.Popen[bytes]:
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MODEL_NAME": MODEL_NAME,
-           "OMP_NUM_THREADS": "1", "MODEL_POLL_SECONDS": "30",
-           "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true"}
+           "OMP_NUM_THREADS": "1", "MODEL_POLL_SECONDS": "30", "MODEL_CACHE_DIR": ""}
     cmd = [sys.executable, "-m", "uvicorn", "chicago_crime.serve.app:app", "--host",
            "127.0.0.1", "--port", str(port), "--workers", "1", "--log-level", "warning",
            "--no-access-log"]
@@ -240,7 +245,7 @@ def main() -> None:
                 started = time.perf_counter()
                 model = fit_model(args.model, portal_records(["2018-01", "2018-02"],
                                                              args.train_records))
-                uri = register(model, Path(tmp))
+                uri = register(model, Path(tmp), records[:50])
                 print(f"model '{args.model}' fitted and registered in "
                       f"{time.perf_counter() - started:.1f} s")
                 in_process = in_process_batch_ms(model, validated_frame(records[:args.batch_size]))

@@ -108,6 +108,8 @@ COMPOSE_PENDING = {
     "valkey_password", "mlflow_tracking_username", "mlflow_tracking_password",
     "airflow_task_heartbeat_timeout",
 }
+# The model server's own settings (no Airflow component reads them).
+API_ONLY_SETTINGS = {"api_allowed_hosts"}
 CONTRACT = "contract"  # every Settings field named in .env, except the sets above
 # Service (fnmatch pattern) -> Settings fields it must receive. Airflow components import the
 # package (DAG parsing on the dag-processor, tasks on the worker): they get the whole contract.
@@ -117,7 +119,7 @@ SERVICE_SETTINGS: dict[str, set[str] | str] = {
         "aws_access_key_id", "aws_secret_access_key", "aws_default_region",
         "aws_endpoint_url_s3", "mlflow_s3_endpoint_url", "data_repo_bucket_name",
         "mlflow_bucket_name", "mlflow_tracking_uri", "model_name", "api_key",
-        "model_poll_seconds",
+        "model_poll_seconds", "api_allowed_hosts",
     },
     # The MLflow server does not import the package, but its S3 client reads these names.
     "mlflow": {
@@ -619,7 +621,8 @@ def _settings_for(service: str, env_names: set[str], fields: dict[str, Any]) -> 
         if fnmatch.fnmatchcase(service, pattern):
             if wanted == CONTRACT:
                 return ({n.lower() for n in env_names if n.lower() in fields} - HOST_ONLY_SETTINGS
-                        - NATIVE_ONLY_SETTINGS - NOT_FOR_AIRFLOW - COMPOSE_PENDING)
+                        - NATIVE_ONLY_SETTINGS - NOT_FOR_AIRFLOW - COMPOSE_PENDING
+                        - API_ONLY_SETTINGS)
             return set(wanted)
     return None
 

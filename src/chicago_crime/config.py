@@ -175,8 +175,20 @@ class Settings(BaseSettings):
     # uvicorn worker processes of the model server (each loads the model: ~400 MB each)
     api_workers: int = Field(default=2, ge=1)
     model_poll_seconds: float = Field(default=30.0, ge=0)
+    # The last good champion is kept here (served at start when MLflow is down); "" disables.
+    model_cache_dir: str = "~/.cache/chicago-crime/models"
     max_batch_records: int = Field(default=10_000, ge=1)
-    max_body_bytes: int = Field(default=20_000_000, ge=1024)
+    # Request body limit; unset: sized to the largest legal batch (serve.limits.body_limit).
+    max_body_bytes: int | None = Field(default=None, ge=1024)
+    # Host names the API answers besides the ones derived from BIND_HOST and API_URL (comma
+    # separated; "*" turns the check off, e.g. behind a proxy that checks Host itself).
+    api_allowed_hosts: str = ""
+    # Requests (per worker process) scored at once; more wait in a queue of API_MAX_QUEUE for
+    # up to API_QUEUE_SECONDS, then get 503 + Retry-After. Every request has a time limit.
+    api_max_concurrency: int = Field(default=32, ge=1)
+    api_max_queue: int = Field(default=256, ge=0)
+    api_queue_seconds: float = Field(default=5.0, ge=0)
+    api_request_timeout_seconds: float = Field(default=30.0, gt=0)
 
     @field_validator(*EXPOSED_SECRETS, mode="after")
     @classmethod

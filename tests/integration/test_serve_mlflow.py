@@ -59,9 +59,13 @@ def fit(recs: list[dict[str, Any]], c: float) -> Pipeline:
     return model.fit(frame(recs), np.array([r["arrest"] for r in recs]))
 
 
-def register(uri: str, name: str, model: Pipeline, threshold: float) -> str:
+def register(uri: str, name: str, model: Pipeline, threshold: float,
+             check: list[dict[str, Any]]) -> str:
+    """Log (skops) and register ``model`` with its serving check on ``check`` records."""
     import mlflow
     import mlflow.sklearn
+
+    from chicago_crime.model import artifact
 
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
@@ -72,6 +76,7 @@ def register(uri: str, name: str, model: Pipeline, threshold: float) -> str:
             mlflow.log_params({"window_start": "2018-01-01", "window_end": "2018-01-31"})
             info = mlflow.sklearn.log_model(model, name="model", registered_model_name=name,
                                             pip_requirements=["scikit-learn"])
+            artifact.log_serving_check(model, check)
         card = ModelCard(name=name, threshold=threshold, window_start="2018-01-01",
                          window_end="2018-01-31", metrics={"roc_auc": 0.8})
         client = mlflow.MlflowClient(uri, uri)
@@ -95,7 +100,8 @@ def settings_for(base: Any, uri: str, name: str, poll: float) -> Any:
 
     return load_settings(**{
         **base.model_dump(), "mlflow_tracking_uri": uri, "model_name": name,
-        "model_poll_seconds": poll, "api_key": API_KEY,
+        "model_poll_seconds": poll, "api_key": API_KEY, "api_allowed_hosts": "testserver",
+        "model_cache_dir": "",
     })
 
 
@@ -127,7 +133,7 @@ def test_stack_registry_no_champion_then_load_then_hot_swap(stack_settings, data
             assert c.post("/predict", json=data["test"][0]).status_code == 503
 
             m1, m2 = fit(data["train"], 1.0), fit(data["train"], 0.01)
-            v1 = register(uri, name, m1, 0.3)
+            v1 = register(uri, name, m1, 0.3, data["test"])
             set_champion(uri, name, v1)
             reload = c.post("/model/reload", headers={"X-API-Key": API_KEY})
             assert reload.status_code == 200 and reload.json()["model"]["version"] == v1
@@ -139,7 +145,7 @@ def test_stack_registry_no_champion_then_load_then_hot_swap(stack_settings, data
             assert info["threshold"] == pytest.approx(0.3)
             assert info["training_window"]["start"] == "2018-01-01"
 
-            v2 = register(uri, name, m2, 0.25)
+            v2 = register(uri, name, m2, 0.25, data["test"])
             set_champion(uri, name, v2)  # the poller (1 s) must pick it up: no reload call
             assert wait_for(lambda: c.get("/model").json()["version"] == v2)
             one = c.post("/predict", json=data["test"][0]).json()
@@ -156,41 +162,60 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def private_mlflow(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """A private MLflow server (sqlite + served artifacts) the test may stop."""
-    port = _free_port()
-    mlflow_bin = Path(sys.executable).parent / "mlflow"
-    proc = subprocess.Popen(
-        [str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
-         "--artifacts-destination", (tmp_path / "artifacts").as_uri(), "--serve-artifacts",
-         "--workers", "1"],
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    uri = f"http://127.0.0.1:{port}"
+class PrivateMlflow:
+    """A private MLflow server (sqlite + served artifacts) a test may stop and start again
+    (same port, same stores)."""
 
-    def up() -> bool:
+    def __init__(self, root: Path) -> None:
+        self.root, self.port = root, _free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def up(self) -> bool:
         try:
-            return httpx.get(f"{uri}/health", timeout=2).status_code == 200
+            return httpx.get(f"{self.uri}/health", timeout=2).status_code == 200
         except httpx.HTTPError:
             return False
 
+    def start(self) -> None:
+        mlflow_bin = Path(sys.executable).parent / "mlflow"
+        self.proc = subprocess.Popen(
+            [str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", str(self.port),
+             "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+             "--artifacts-destination", (self.root / "artifacts").as_uri(), "--serve-artifacts",
+             "--workers", "1"],
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        assert wait_for(self.up, timeout=120), "private MLflow server did not start"
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path) -> Iterator[PrivateMlflow]:
+    server = PrivateMlflow(tmp_path)
+    server.start()
     try:
-        assert wait_for(up, timeout=120), "private MLflow server did not start"
-        yield uri, proc
+        yield server
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(timeout=30)
+        server.stop()
+
+
+@pytest.fixture
+def private_mlflow(mlflow_server: PrivateMlflow) -> tuple[str, subprocess.Popen[bytes]]:
+    assert mlflow_server.proc is not None
+    return mlflow_server.uri, mlflow_server.proc
 
 
 def test_mlflow_stopped_mid_way_keeps_serving(stack_settings, data, private_mlflow) -> None:
     uri, proc = private_mlflow
     name = "it_serve_stop"
     model = fit(data["train"], 1.0)
-    set_champion(uri, name, register(uri, name, model, 0.3))
+    set_champion(uri, name, register(uri, name, model, 0.3, data["test"]))
     with TestClient(create_app(settings_for(stack_settings, uri, name, poll=0.5))) as c:
         assert c.get("/ready").json()["status"] == "ready"
         proc.terminate()
@@ -206,3 +231,34 @@ def test_mlflow_stopped_mid_way_keeps_serving(stack_settings, data, private_mlfl
         reload = c.post("/model/reload", headers={"X-API-Key": API_KEY})
         assert reload.status_code == 503
         assert "model_registry_reachable 0.0" in c.get("/metrics").text
+
+
+def test_restarted_while_mlflow_is_down_serves_the_verified_local_copy(
+        stack_settings, data, mlflow_server, tmp_path) -> None:
+    """Cold start without the registry (issue 17.3): the local copy the last run kept is
+    verified and served (degraded); when MLflow is back the server follows the registry."""
+    uri, name = mlflow_server.uri, "it_serve_cold"
+    m1, m2 = fit(data["train"], 1.0), fit(data["train"], 0.01)
+    set_champion(uri, name, register(uri, name, m1, 0.3, data["test"]))
+    settings = settings_for(stack_settings, uri, name, poll=0.5).model_copy(
+        update={"model_cache_dir": str(tmp_path / "cache")})
+    with TestClient(create_app(settings)) as c:
+        assert c.get("/ready").json()["status"] == "ready"
+    mlflow_server.stop()
+    started = time.monotonic()
+    with TestClient(create_app(settings)) as c:  # a restart while MLflow is down
+        ready = c.get("/ready")
+        print(f"\n[figures] cold start without MLflow: ready in "
+              f"{time.monotonic() - started:.1f}s")
+        body = ready.json()
+        assert ready.status_code == 200 and body["status"] == "degraded", body
+        assert body["origin"] == "cache" and body["registry_reachable"] is False
+        got = c.post("/predict/batch", json={"records": data["test"]}).json()
+        np.testing.assert_allclose([p["arrest_probability"] for p in got["predictions"]],
+                                   m1.predict_proba(frame(data["test"]))[:, 1], atol=1e-12)
+        mlflow_server.start()  # the registry answers again: confirmed, then followed
+        assert wait_for(lambda: c.get("/ready").json()["status"] == "ready", timeout=60)
+        assert c.get("/ready").json()["origin"] == "registry"
+        v2 = register(uri, name, m2, 0.25, data["test"])
+        set_champion(uri, name, v2)
+        assert wait_for(lambda: c.get("/model").json()["version"] == v2)

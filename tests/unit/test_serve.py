@@ -19,6 +19,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder
 
 from chicago_crime.config import Settings, load_settings
+from chicago_crime.model import artifact
 from chicago_crime.model.registry import ModelCard
 from chicago_crime.portal import crimes_export_path, read_export
 from chicago_crime.serve.app import create_app
@@ -92,6 +93,7 @@ def build_registry(root: Path, shared_data: Path, name: str = "toy_arrest") -> R
     client = mlflow.MlflowClient(uri, uri)
     experiment = client.create_experiment("serve-tests", artifact_location=(root / "art").as_uri())
     train = portal_records(shared_data, "2018-01", 3000)
+    check_records = portal_records(shared_data, "2018-03", 50)
     models: dict[str, Pipeline] = {}
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
@@ -103,6 +105,7 @@ def build_registry(root: Path, shared_data: Path, name: str = "toy_arrest") -> R
                     model, name="model", registered_model_name=name,
                     pip_requirements=["scikit-learn"],
                 )
+                artifact.log_serving_check(model, check_records)
             version = str(info.registered_model_version)
             if with_card:  # version 1 has a model card, version 2 (registered by hand) none
                 card = ModelCard(name=name, threshold=0.3, features=("primary_type", "domestic"),
@@ -129,7 +132,7 @@ def server_settings(registry: Registry, **overrides: Any) -> Settings:
         "aws_access_key_id": "testing", "aws_secret_access_key": "testing",
         "mlflow_tracking_uri": registry.uri, "model_name": registry.name,
         "model_poll_seconds": 0, "api_key": API_KEY, "max_batch_records": 50,
-        "max_body_bytes": 200_000,
+        "api_allowed_hosts": "testserver", "model_cache_dir": "",
     }
     values.update(overrides)
     return load_settings(**values)

@@ -27,7 +27,7 @@ OPERATIONS = (
 class StaticStore(ModelStore):
     """A store holding one in-memory model; the registry is never contacted."""
 
-    def refresh(self) -> RefreshOutcome:
+    def refresh(self, *, force: bool = False) -> RefreshOutcome:
         self.registry_reachable = True
         return RefreshOutcome(False, "static model")
 
@@ -41,7 +41,7 @@ def api_schema(shared_data: Path):
     server_settings = load_settings(
         aws_access_key_id="testing", aws_secret_access_key="testing",
         mlflow_tracking_uri="http://127.0.0.1:9", model_poll_seconds=0, api_key="fuzz-key",
-        max_batch_records=20, max_body_bytes=100_000,
+        max_batch_records=20, api_allowed_hosts="testserver", model_cache_dir="",
     )
     store = StaticStore(server_settings)
     store._current = LoadedModel(

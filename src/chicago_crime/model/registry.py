@@ -30,8 +30,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -46,7 +44,6 @@ CHALLENGER = "challenger"
 PREVIOUS_TAG = "previous_champion"
 #: Registry error codes that mean "no such model, version or alias" (not "registry down").
 NOT_FOUND_CODES = frozenset({"RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE"})
-_uri_lock = threading.Lock()
 
 
 class RegistryError(RuntimeError):
@@ -183,23 +180,24 @@ def card(client: Any, name: str, alias: str) -> ModelCard | None:
     return None if version is None else ModelCard.from_version(name, version)
 
 
-def load_version(name: str, version: str, tracking_uri: str | None = None) -> Any:
-    """Load one registered version with the sklearn flavour (the platform trusts its registry).
+def load_version(name: str, version: str, tracking_uri: str | None = None, *,
+                 client: Any | None = None) -> Any:
+    """Load one registered version without executing anything it contains.
 
-    With ``tracking_uri``, the version is resolved on that server (MLflow's registry URI is
-    process-wide, so it is set under a lock).
+    skops only, with the package's trusted types (never the artifact's), and only after it
+    reproduces its run's serving check (:mod:`chicago_crime.model.artifact`); anything else
+    raises :class:`~chicago_crime.model.artifact.ModelRefused`. The model server and the
+    training gate load through here. ``client`` (or ``tracking_uri``, else MLflow's current
+    registry URI) is the server read; the platform's registry and tracking server are one.
     """
     import mlflow
-    import mlflow.sklearn
 
-    os.environ.setdefault("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")
-    uri = f"models:/{name}/{version}"
-    if tracking_uri is None:
-        return mlflow.sklearn.load_model(uri)
-    with _uri_lock:
-        mlflow.set_tracking_uri(tracking_uri)
-        mlflow.set_registry_uri(tracking_uri)
-        return mlflow.sklearn.load_model(uri)
+    from chicago_crime.model import artifact
+
+    if client is None:
+        uri = tracking_uri or mlflow.get_registry_uri()
+        client = mlflow.MlflowClient(uri, uri)
+    return artifact.load(artifact.fetch(client, name, str(version)))
 
 
 # --------------------------------------------------------------------------------------------

@@ -65,8 +65,8 @@ from chicago_crime.config import Settings, get_settings
 from chicago_crime.lake import Lake
 from chicago_crime.layout import MANIFEST_FILE
 from chicago_crime.manifest import StageNotPublished
+from chicago_crime.model import artifact, registry, tune
 from chicago_crime.model import evaluate as ev
-from chicago_crime.model import registry, tune
 from chicago_crime.model.registry import ModelCard
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ EXAMPLE_RECORDS = 5
 #: Raw test records (SODA JSON form) logged with the trainer's probabilities, so any process
 #: that loads the model can check it reproduces them.
 SERVING_CHECK_RECORDS = 200
-SERVING_CHECK_ARTIFACT = "serving_check.json"
+SERVING_CHECK_ARTIFACT = artifact.SERVING_CHECK_ARTIFACT
 
 
 # --------------------------------------------------------------------------------------------
@@ -507,10 +507,7 @@ def _register(model: Pipeline, card: ModelCard, data: MonthData, evaluation: Eva
         pip_requirements=pip_requirements(), skops_trusted_types=serialization.trusted_types(),
         pyfunc_predict_fn="predict_proba",
     )
-    check = example_records(data.raw_test, SERVING_CHECK_RECORDS)
-    mlflow.log_dict({"records": check, "probabilities":
-                     model.predict_proba(R.model_frame(check))[:, 1].tolist()},
-                    SERVING_CHECK_ARTIFACT)
+    artifact.log_serving_check(model, example_records(data.raw_test, SERVING_CHECK_RECORDS))
     client = registry.client_for(settings)
     version = registry.register(client, card.name, info.model_uri, str(card.run_id), card,
                                 model_id=info.model_id)

@@ -7,23 +7,29 @@ importing this module has no side effects.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.resources import files
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request, status
+from fastapi import FastAPI, Request, status
 from fastapi.concurrency import run_in_threadpool
-from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from chicago_crime import __version__
 from chicago_crime import record as R
 from chicago_crime.config import Settings, get_settings
+from chicago_crime.serve.limits import (
+    BodySizeLimitMiddleware,
+    ConcurrencyLimitMiddleware,
+    allowed_hosts,
+    body_limit,
+)
 from chicago_crime.serve.metrics import ServerMetrics, instrument
 from chicago_crime.serve.model_store import ModelStore
 from chicago_crime.serve.routes import ROUTERS
@@ -55,48 +61,6 @@ TAGS = [
 ]
 
 
-class BodySizeLimitMiddleware:
-    """413 for request bodies over ``max_bytes`` (declared or streamed)."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    def _too_large(self) -> HTTPException:
-        return HTTPException(
-            status.HTTP_413_CONTENT_TOO_LARGE,
-            detail=f"request body larger than {self.max_bytes} bytes (MAX_BODY_BYTES)",
-        )
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        for key, value in scope.get("headers", ()):
-            if key == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    declared = 0
-                if declared > self.max_bytes:
-                    exc = self._too_large()
-                    response = JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
-                    await response(scope, receive, send)
-                    return
-        received = 0
-
-        async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise self._too_large()  # FastAPI re-raises HTTPExceptions from the body
-            return message
-
-        await self.app(scope, limited_receive, send)
-
-
 def _where(loc: tuple[Any, ...] | list[Any]) -> str:
     parts = [p for p in loc if p != "body"]
     out = ""
@@ -105,22 +69,47 @@ def _where(loc: tuple[Any, ...] | list[Any]) -> str:
     return out or "body"
 
 
+#: Validation errors listed in a 422 (the rest are counted in ``error_count``).
+MAX_ERRORS = 20
+
+
+def _echo(value: Any) -> Any:
+    """A value safe to put in a JSON response: short, UTF-8 encodable, finite; else None."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return value[:200].encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, int):
+        return value if value.bit_length() <= 63 else f"<integer of {value.bit_length()} bits>"
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    return None  # objects and arrays are not echoed
+
+
 async def validation_error(request: Request, exc: Exception) -> JSONResponse:
-    """422 naming each bad field (``records[3].latitude``) without echoing large inputs."""
-    errors = []
+    """422 naming each bad field (``records[3].latitude``), the first :data:`MAX_ERRORS` of
+    them, with a sanitized echo (any JSON input, even ``1e999`` or ``"\\ud800"``, can be
+    answered)."""
     assert isinstance(exc, RequestValidationError)
-    for err in exc.errors():
-        item = {k: v for k, v in err.items() if k in ("type", "loc", "msg")}
-        value = err.get("input")
-        if value is None or isinstance(value, (str, int, float, bool)):
-            item["input"] = value if not isinstance(value, str) else value[:200]
-        item["field"] = _where(err.get("loc", ()))
+    raw = exc.errors()
+    errors = []
+    for err in raw[:MAX_ERRORS]:
+        loc = tuple(_echo(p) for p in err.get("loc", ()))
+        item: dict[str, Any] = {"type": _echo(err.get("type")), "loc": list(loc),
+                                "msg": _echo(err.get("msg"))}
+        if err.get("type") == "json_invalid":
+            reason = _echo(str((err.get("ctx") or {}).get("error", "")))
+            item["msg"] = f"invalid JSON at position {loc[-1] if loc else 0}: {reason}"
+            item["field"] = "body"
+        else:
+            item["input"] = _echo(err.get("input"))
+            item["field"] = _where(loc)
         errors.append(item)
     message = "; ".join(f"{e['field']}: {e['msg']}" for e in errors[:10])
-    if len(errors) > 10:
-        message += f"; ... {len(errors) - 10} more"
+    if len(raw) > 10:
+        message += f"; ... {len(raw) - 10} more"
     return JSONResponse(
-        jsonable_encoder({"detail": errors, "message": message}),
+        {"detail": errors, "message": message, "error_count": len(raw)},
         status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
     )
 
@@ -217,8 +206,16 @@ def create_app(settings: Settings | None = None, store: ModelStore | None = None
     async def root() -> RedirectResponse:
         return RedirectResponse("/docs")
 
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
-    instrument(app, metrics)  # outermost: counts 413s and 422s too
+    # innermost first: body size, then load, then Host; the metrics wrap them all
+    app.add_middleware(BodySizeLimitMiddleware,
+                       limit=lambda path: body_limit(settings, path))
+    app.add_middleware(ConcurrencyLimitMiddleware,
+                       max_concurrency=settings.api_max_concurrency,
+                       max_queue=settings.api_max_queue,
+                       queue_seconds=settings.api_queue_seconds,
+                       timeout_seconds=settings.api_request_timeout_seconds)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts(settings))
+    instrument(app, metrics)  # outermost: counts 400s, 413s, 422s and 503s too
     return app
 
 

@@ -3,7 +3,8 @@
 ``StoreDep``, ``SettingsDep``, ``MetricsDep`` come from the app's state; ``ModelDep`` is the
 model version serving this request (read once, so a hot swap cannot change it mid-request);
 ``BatchDep`` is a batch request within ``MAX_BATCH_RECORDS``; ``require_api_key`` guards
-``POST /model/reload``.
+``POST /model/reload``. All are ``async``: none blocks, and FastAPI would otherwise run each
+sync dependency of every request in the thread pool.
 """
 
 from __future__ import annotations
@@ -20,15 +21,15 @@ from chicago_crime.serve.model_store import LoadedModel, ModelStore
 from chicago_crime.serve.schemas import EXAMPLE_RECORD, MINIMAL_RECORD, BatchRequest
 
 
-def _store(request: Request) -> ModelStore:
+async def _store(request: Request) -> ModelStore:
     return request.app.state.store
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def _metrics(request: Request) -> ServerMetrics:
+async def _metrics(request: Request) -> ServerMetrics:
     return request.app.state.metrics
 
 
@@ -37,7 +38,7 @@ SettingsDep = Annotated[Settings, Depends(_settings)]
 MetricsDep = Annotated[ServerMetrics, Depends(_metrics)]
 
 
-def _model(store: StoreDep) -> LoadedModel:
+async def _model(store: StoreDep) -> LoadedModel:
     """The model for this request, or 503 with what to do when none is loaded."""
     loaded = store.current
     if loaded is None:
@@ -45,7 +46,7 @@ def _model(store: StoreDep) -> LoadedModel:
     return loaded
 
 
-def _batch(
+async def _batch(
     body: Annotated[BatchRequest, Body(openapi_examples={
         "two records": {"summary": "A portal record and a minimal one",
                         "value": {"records": [EXAMPLE_RECORD, MINIMAL_RECORD]}}})],
@@ -65,7 +66,7 @@ ModelDep = Annotated[LoadedModel, Depends(_model)]
 BatchDep = Annotated[BatchRequest, Depends(_batch)]
 
 
-def require_api_key(
+async def require_api_key(
     settings: SettingsDep,
     x_api_key: Annotated[
         str | None, Header(description="The server's API_KEY (for POST /model/reload).")

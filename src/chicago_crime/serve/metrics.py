@@ -55,6 +55,14 @@ class ServerMetrics:
             "model_registry_reachable", "1 when the last registry check succeeded.",
             registry=self.registry,
         )
+        self.champion_refused = Gauge(
+            "model_champion_refused", "1 when the champion alias points at a version that "
+            "is not served (refused or failing to load).", registry=self.registry,
+        )
+        self.from_cache = Gauge(
+            "model_from_local_copy", "1 while the served model is the local copy loaded at "
+            "start (the registry has not confirmed it yet).", registry=self.registry,
+        )
         self.reloads = Counter(
             "model_reloads_total", "Model versions swapped in.", registry=self.registry
         )

@@ -149,7 +149,8 @@ class CrimeRecord(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _prepare(cls, data: Any) -> Any:
-        """Blank/NaN optional fields -> missing; numeric codes -> text."""
+        """Blank optional fields -> missing; numeric codes -> text. (``NaN``/``Infinity`` are
+        not JSON: a non-finite number fails its field's validation, naming it.)"""
         if not isinstance(data, dict):
             return data
         changes: dict[str, Any] = {}
@@ -157,8 +158,6 @@ class CrimeRecord(BaseModel):
             if value.__class__ is str:
                 if name in _OPTIONAL and not value.strip():
                     changes[name] = None
-            elif value.__class__ is float and value != value and name in _OPTIONAL:  # NaN
-                changes[name] = None
             elif value.__class__ is int and name in _TEXT_CODES:
                 changes[name] = str(value)
         return {**data, **changes} if changes else data
@@ -259,6 +258,17 @@ class TrainingWindow(BaseModel):
     end: str | None = None
 
 
+class Refusal(BaseModel):
+    """A champion version that is not served, and why."""
+
+    version: str
+    reason: str
+    refused: bool = Field(description="true: never retried (not skops, untrusted types, failed "
+                          "serving check); false: a load error, retried with backoff.")
+    attempts: int
+    at: datetime
+
+
 class ModelInfo(BaseModel):
     """The served model version and its model card."""
 
@@ -277,6 +287,9 @@ class ModelInfo(BaseModel):
     predictor: Literal["fast", "pandas"]
     loaded_at: datetime
     version_tags: dict[str, str]
+    origin: Literal["registry", "cache"] = "registry"
+    champion_refused: Refusal | None = Field(
+        None, description="The alias points at a version that is not served (this one is).")
 
 
 class Health(BaseModel):
@@ -286,10 +299,14 @@ class Health(BaseModel):
 
 
 class Readiness(BaseModel):
-    """Readiness: a model is loaded. ``degraded`` when the registry cannot be reached."""
+    """Readiness: a model is loaded. ``degraded`` when it is not (or not known to be) the
+    registry's champion: registry unreachable, local copy at start, champion refused."""
 
     status: Literal["ready", "degraded", "unavailable"]
     model: ModelRef | None = None
+    origin: Literal["registry", "cache"] | None = Field(
+        None, description="cache: the local copy of the last good champion (at start).")
+    champion_refused: Refusal | None = None
     message: str | None = None
     registry_reachable: bool
     last_check: datetime | None = None
@@ -305,7 +322,8 @@ class ReloadResult(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    """Error response."""
+    """Error response (422s list at most 20 errors in ``detail``; ``error_count`` counts all)."""
 
     detail: Any
     message: str | None = None
+    error_count: int | None = None

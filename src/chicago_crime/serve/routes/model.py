@@ -3,20 +3,29 @@
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 
 from fastapi import APIRouter, Depends, HTTPException, status
 from fastapi.concurrency import run_in_threadpool
 
 from chicago_crime.serve.deps import ModelDep, SettingsDep, StoreDep, require_api_key
 from chicago_crime.serve.routes.common import UNAVAILABLE
-from chicago_crime.serve.schemas import ErrorBody, ModelInfo, ModelRef, ReloadResult, TrainingWindow
+from chicago_crime.serve.schemas import (
+    ErrorBody,
+    ModelInfo,
+    ModelRef,
+    Refusal,
+    ReloadResult,
+    TrainingWindow,
+)
 
 router = APIRouter(tags=["model"])
 
 
 @router.get("/model", response_model=ModelInfo, responses=UNAVAILABLE)
-async def model_info(loaded: ModelDep, settings: SettingsDep) -> ModelInfo:
-    """The served version: its model card (threshold, features, training window, metrics)."""
+async def model_info(loaded: ModelDep, settings: SettingsDep, store: StoreDep) -> ModelInfo:
+    """The served version: its model card (threshold, features, training window, metrics);
+    ``champion_refused`` names a champion version that is not served, and why."""
     card = loaded.card
     return ModelInfo(
         name=loaded.name,
@@ -33,6 +42,9 @@ async def model_info(loaded: ModelDep, settings: SettingsDep) -> ModelInfo:
         predictor=loaded.predictor.kind,  # type: ignore[arg-type]
         loaded_at=loaded.loaded_at,
         version_tags=loaded.version_tags,
+        origin=loaded.origin,
+        champion_refused=Refusal(**asdict(failure)) if (failure := store.champion_failure)
+        else None,
     )
 
 
@@ -47,7 +59,7 @@ async def model_info(loaded: ModelDep, settings: SettingsDep) -> ModelInfo:
 )
 async def reload(store: StoreDep) -> ReloadResult:
     """Check the registry now and hot-swap if the champion alias moved."""
-    outcome = await run_in_threadpool(store.refresh)
+    outcome = await run_in_threadpool(lambda: store.refresh(force=True))
     loaded = store.current
     if loaded is None or not store.registry_reachable:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=outcome.message)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from fastapi import APIRouter, Response, status
 from fastapi.responses import JSONResponse
 
 from chicago_crime.serve.deps import MetricsDep, StoreDep
-from chicago_crime.serve.schemas import Health, ModelRef, Readiness
+from chicago_crime.serve.schemas import Health, ModelRef, Readiness, Refusal
 
 router = APIRouter(tags=["operations"])
 
@@ -22,15 +23,17 @@ async def health() -> Health:
 @router.get("/ready", response_model=Readiness,
             responses={503: {"model": Readiness, "description": "No model loaded."}})
 async def ready(store: StoreDep) -> Any:
-    """Readiness: a model is loaded. ``degraded`` while the registry is unreachable."""
+    """Readiness: a model is loaded. ``degraded``: the registry is unreachable, the model is
+    the local copy loaded at start, or the champion alias points at a version that was refused
+    (named in ``champion_refused``); the model shown keeps serving."""
     loaded = store.current
-    if loaded is None:
-        state = "unavailable"
-    else:
-        state = "degraded" if (store.degraded or store.champion_missing) else "ready"
+    state = "unavailable" if loaded is None else "degraded" if store.degraded else "ready"
+    failure = store.champion_failure
     body = Readiness(
         status=state,
         model=ModelRef(**loaded.ref()) if loaded else None,
+        origin=loaded.origin if loaded else None,
+        champion_refused=Refusal(**asdict(failure)) if failure else None,
         message=store.status_message(),
         registry_reachable=store.registry_reachable,
         last_check=store.last_check,
@@ -47,5 +50,8 @@ async def prometheus(metrics: MetricsDep, store: StoreDep) -> Response:
     """Prometheus metrics: requests and latency per endpoint, predictions, model version."""
     metrics.registry_reachable.set(1 if store.registry_reachable else 0)
     metrics.model_ready.set(1 if store.current is not None else 0)
+    metrics.champion_refused.set(1 if store.champion_failure is not None else 0)
+    metrics.from_cache.set(1 if store.current is not None and store.current.origin == "cache"
+                           else 0)
     payload, content_type = metrics.exposition()
     return Response(payload, media_type=content_type)

@@ -6,10 +6,11 @@ import json
 import math
 from typing import Annotated, Any
 
+import anyio.to_thread
 from fastapi import APIRouter, Body, HTTPException, Response, status
-from fastapi.concurrency import run_in_threadpool
 
 from chicago_crime.serve.deps import BatchDep, MetricsDep, ModelDep
+from chicago_crime.serve.limits import SafeJSONRoute
 from chicago_crime.serve.metrics import ServerMetrics
 from chicago_crime.serve.model_store import LoadedModel
 from chicago_crime.serve.routes.common import INVALID, TOO_LARGE, UNAVAILABLE
@@ -21,7 +22,7 @@ from chicago_crime.serve.schemas import (
     Prediction,
 )
 
-router = APIRouter(tags=["predict"])
+router = APIRouter(tags=["predict"], route_class=SafeJSONRoute)
 
 #: Fast-path requests up to this many records run on the event loop (sub-millisecond);
 #: anything slower goes to the thread pool so the loop keeps answering /health and /ready.
@@ -58,7 +59,10 @@ async def score(
     if loaded.predictor.kind == "fast" and len(records) <= INLINE_MAX_RECORDS:
         items = _score_sync(loaded, records)
     else:
-        items = await run_in_threadpool(_score_sync, loaded, records)
+        # abandoned on cancel: API_REQUEST_TIMEOUT_SECONDS answers at once (the thread's
+        # result is dropped when it finishes)
+        items = await anyio.to_thread.run_sync(_score_sync, loaded, records,
+                                               abandon_on_cancel=True)
     metrics.record_predictions(loaded.version, [i["arrest"] for i in items])
     return items
 
