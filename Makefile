@@ -44,7 +44,7 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 
 LOCK_VENV ?= .lock-venv
 PIP_COMPILE = CUSTOM_COMPILE_COMMAND="make lock" $(LOCK_VENV)/bin/pip-compile --quiet \
-  --generate-hashes --allow-unsafe --no-emit-index-url --no-emit-find-links
+  --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links
 .PHONY: lock
 lock: ## Regenerate requirements.lock from requirements.in, with the hash of every file the indexes offer
 	@test -x $(LOCK_VENV)/bin/pip-compile || { python3 -m venv $(LOCK_VENV) && \
