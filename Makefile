@@ -80,7 +80,17 @@ local-env: ## The environment a native program gets, secrets masked (PROGRAM=air
 PROFILE ?= all
 SERVICE ?=
 COMPOSE ?= docker compose
-DC      := $(COMPOSE) --project-name chicago-crime --file docker-compose.yaml
+COMPOSE_PROJECT ?= chicago-crime
+COMPOSE_FILES ?= docker-compose.yaml
+# --build rebuilds images whose sources changed; `make test-compose` passes --no-build (it builds
+# and caches them itself).
+COMPOSE_BUILD ?= --build
+DC      := $(COMPOSE) --project-name $(COMPOSE_PROJECT) $(addprefix --file ,$(COMPOSE_FILES))
+# Non-empty while this project's Compose stack runs (a running airflow-worker container): then
+# make train / champion / rollback / notebooks run inside the containers instead of the host venv.
+COMPOSE_UP = $(shell $(DC) ps --status running --quiet airflow-worker 2>/dev/null)
+# Image whose Python runs scripts/gen_secrets.py when the host has no python3 (make install).
+PY_IMAGE := python:3.11.13-slim-bookworm
 define open_url
 	@set -a; source ./.env; set +a; host=$${BIND_HOST/0.0.0.0/127.0.0.1}; url="http://$$host:$${$(1)}"; \
 	  echo "$(2): $$url  $(3)"; \
@@ -90,10 +100,12 @@ endef
 
 .PHONY: install up down restart clean logs status airflow mlflow minio api check-compose
 install: ## Prepare Docker: fill empty secrets in .env, AIRFLOW_UID (Linux), ./airflow folders
-	@python3 scripts/gen_secrets.py .env --airflow-uid auto
+	@if command -v python3 >/dev/null 2>&1; then python3 scripts/gen_secrets.py .env --airflow-uid auto; \
+	else docker run --rm --user "$$(id -u):$$(id -g)" -v "$$PWD:/src" -w /src $(PY_IMAGE) \
+	  python scripts/gen_secrets.py .env --airflow-uid auto; fi
 	@mkdir -p airflow/logs airflow/plugins
 up: ## Build and start the Compose stack (PROFILE=all) and wait until every service is healthy
-	$(DC) --profile $(PROFILE) up -d --build --wait
+	$(DC) --profile $(PROFILE) up -d $(COMPOSE_BUILD) --wait
 down: ## Stop and remove the Compose containers (volumes/data are kept)
 	$(DC) --profile '*' down
 restart: ## Restart the Compose stack (down + up)
@@ -109,8 +121,14 @@ airflow: ## Airflow UI URL (and open it)
 	$(call open_url,AIRFLOW_PORT,Airflow,(login: $${AIRFLOW_ADMIN_USER} / see AIRFLOW_ADMIN_PASSWORD in .env))
 mlflow: ## MLflow UI URL (and open it)
 	$(call open_url,MLFLOW_PORT,MLflow,)
-minio: ## MinIO console URL (and open it)
-	$(call open_url,MINIO_PORT_UI,MinIO console,(login: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in .env))
+minio: ## The lake's web UI (MinIO console with Compose, SeaweedFS admin UI natively): URL and login
+	@if [ -n "$(COMPOSE_UP)" ]; then $(MAKE) --no-print-directory lake-ui LAKE_UI="MinIO console"; \
+	elif [ -S .local/run/supervisor.sock ]; then \
+	  $(MAKE) --no-print-directory lake-ui LAKE_UI="SeaweedFS admin UI (native stack; Object Store > Buckets, or Files > /buckets)"; \
+	else echo "the lake is not running: make up (Compose) or make local-up (native)"; fi
+.PHONY: lake-ui
+lake-ui:
+	$(call open_url,MINIO_PORT_UI,$(LAKE_UI),(login: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in .env))
 api: ## Model API Swagger UI URL (and open it)
 	$(call open_url,FASTAPI_PORT,Model API,(docs: /docs))
 check-compose: $(VENV)/.installed ## Static checks of the Compose stack (no Docker engine needed)
@@ -144,12 +162,15 @@ demo: install-native ## The whole journey: start, ETL, training, served champion
 	$(PY) -m chicago_crime.devtools.demo $(if $(DATA),--data "$(DATA)") --month "$(MONTH)"
 
 .PHONY: train rollback champion
+# With the Compose stack up these run the `chicago-crime` CLI in the airflow-worker container
+# (same image and settings as the DAG); otherwise in the host venv against the native stack.
 train: ## Train, register and gate a model for MONTH=YYYY-MM outside Airflow (same code path)
-	$(PY) -m chicago_crime.cli train --month $(MONTH)
+	@test -n "$(MONTH)" || { echo "usage: make train MONTH=YYYY-MM" >&2; exit 2; }
+	$(if $(COMPOSE_UP),$(DC) exec -T airflow-worker chicago-crime,$(PY) -m chicago_crime.cli) train --month $(MONTH)
 rollback: ## Move the champion alias back to the previous champion
-	$(PY) -m chicago_crime.cli rollback
+	$(if $(COMPOSE_UP),$(DC) exec -T airflow-worker chicago-crime,$(PY) -m chicago_crime.cli) rollback
 champion: ## Print the current champion
-	$(PY) -m chicago_crime.cli champion
+	$(if $(COMPOSE_UP),$(DC) exec -T airflow-worker chicago-crime,$(PY) -m chicago_crime.cli) champion
 
 .PHONY: bench
 bench: ## Run every benchmark (prints figures; the pipeline ones need the native stack)
@@ -161,8 +182,18 @@ bench: ## Run every benchmark (prints figures; the pipeline ones need the native
 	$(PY) bench/bench_recovery.py
 
 .PHONY: notebooks
-notebooks: install-native ## Open the notebooks in JupyterLab on the venv kernel (stack up; NOTEBOOK_MONTH=YYYY-MM)
-	$(VENV)/bin/jupyter lab notebooks/
+# Compose stack up: JupyterLab in the `jupyter` container (profile notebooks) on the stack's lake
+# and registry, editing ./notebooks; never touches the host (no install-native). Otherwise the
+# host venv's JupyterLab against the native stack.
+notebooks: ## Open the notebooks in JupyterLab (in a container when the Compose stack is up; NOTEBOOK_MONTH=YYYY-MM)
+	@if [ -n "$(COMPOSE_UP)" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then chmod -R g+w notebooks; fi; \
+	  $(if $(NOTEBOOK_MONTH),NOTEBOOK_MONTH=$(NOTEBOOK_MONTH)) $(DC) --profile notebooks up -d $(COMPOSE_BUILD) --wait jupyter && \
+	  set -a && . ./.env && set +a && \
+	  echo "JupyterLab: http://$${BIND_HOST/0.0.0.0/127.0.0.1}:$${JUPYTER_PORT}/lab?token=$${JUPYTER_TOKEN}  (stop: make down)"; \
+	else \
+	  $(MAKE) --no-print-directory install-native && $(VENV)/bin/jupyter lab notebooks/; \
+	fi
 
 .PHONY: test-notebooks
 test-notebooks: ## Execute both notebooks against the running stack (copies with outputs in artifacts/notebooks/)

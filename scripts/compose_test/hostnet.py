@@ -131,10 +131,15 @@ class PortMap:
 
 
 # --- rewriting strings ---------------------------------------------------------------------------
+# URL schemes whose authority is a network address (s3://<bucket> names a bucket, not a host).
+NETWORK_SCHEMES = r"(?:https?|redis|rediss|amqp|postgres(?:ql)?(?:\+\w+)?|db\+postgres(?:ql)?)"
+
+
 def _service_pattern(services: list[str]) -> re.Pattern[str]:
     names = "|".join(re.escape(s) for s in sorted(services, key=len, reverse=True))
-    # //host[:port] or @host[:port], the host ending at a delimiter.
-    return re.compile(rf"(?P<pre>//|@)(?P<host>{names})(?::(?P<port>\d+))?(?=[/\s\"',;?]|$)")
+    # scheme://[user:password@]service[:port], the host ending at a delimiter.
+    return re.compile(rf"(?P<pre>{NETWORK_SCHEMES}://(?:[^@/\s\"']*@)?)(?P<host>{names})"
+                      rf"(?::(?P<port>\d+))?(?=[/\s\"',;?]|$)")
 
 
 def rewrite_urls(value: str, services: list[str], ports: PortMap, where: str) -> str:
@@ -305,8 +310,6 @@ def build_override(resolved: dict[str, Any], ports: PortMap,
                     changed[port_key] = str(ports(value, int(env[port_key])))
             if new != value or key in s.override.get("environment", {}):
                 changed[key] = new
-        for key, value in list(changed.items()):
-            changed[key] = value
         s.override["environment"] = changed
         for part in ("command", "entrypoint"):
             value = s.override.get(part, config.get(part))

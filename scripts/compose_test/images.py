@@ -190,11 +190,12 @@ def build_failure(build: Build, output: str) -> str:
     """What broke, from BuildKit's output: the failing step and its error lines."""
     lines = output.splitlines()
     errors = [ln for ln in lines if re.search(r"\bERROR\b|error:|failed to|not found", ln)]
-    step = next((ln.strip() for ln in reversed(lines) if re.match(r"^\s*>{3}\s", ln)), "")
+    step = next((ln.strip().lstrip("> ").rstrip(":") for ln in reversed(lines)
+                 if re.match(r"^\s*>+\s*\[", ln)), "")
     dockerfile = build.source or str(build.dockerfile)
     head = f"{build.what} ({dockerfile}) failed to build"
     detail = "\n    ".join(errors[-8:] or lines[-15:])
-    return f"{head}{': at ' + step.lstrip('> ') if step else ''}\n    {detail}"
+    return f"{head}{': at ' + step if step else ''}\n    {detail}"
 
 
 # --- stand-in bases ----------------------------------------------------------------------------
