@@ -50,6 +50,9 @@ def describe(container: dict[str, Any], inspect: dict[str, Any] | None,
         return f"service {service} ({name}): keeps restarting; last log lines:\n      {tail}"
     if health in {"unhealthy", "starting"}:
         checks = (state_info.get("Health") or {}).get("Log") or []
+        if health == "starting" and not checks:
+            return (f"service {service} ({name}): still starting when Compose gave up (no "
+                    f"healthcheck result yet)")
         test = ((inspect or {}).get("Config") or {}).get("Healthcheck", {}).get("Test") or []
         last = checks[-1] if checks else {}
         output = (last.get("Output") or "").strip().replace("\n", "\n      ")
