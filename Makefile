@@ -12,6 +12,7 @@ DATA      ?=
 TEST_DATA ?= ../shared/data/chicago
 MONTH     ?=
 PYTEST_ARGS ?=
+COMPOSE_TEST_ARGS ?=
 
 .PHONY: help
 help: ## Show this help
@@ -133,6 +134,26 @@ api: ## Model API Swagger UI URL (and open it)
 	$(call open_url,FASTAPI_PORT,Model API,(docs: /docs))
 check-compose: $(VENV)/.installed ## Static checks of the Compose stack (no Docker engine needed)
 	$(PY) scripts/check_compose.py
+
+.PHONY: demo-compose
+# Same journey as `make demo`, through Compose: with DATA the `replay` service serves the exports
+# and the platform downloads from it; the demo itself runs inside the api-server container.
+demo-compose: install ## The whole journey through Docker Compose, no host Python needed (DATA=exports folder, MONTH=YYYY-MM)
+	$(if $(DATA),REPLAY_DATA_DIR="$(abspath $(DATA))" SOCRATA_BASE_URL=http://replay:8765) \
+	  $(DC) --profile all $(if $(DATA),--profile replay) up -d $(COMPOSE_BUILD) --wait
+	@set -a; . ./.env; set +a; month="$(MONTH)"; \
+	if [ -z "$$month" ] && [ -n "$(DATA)" ]; then \
+	  month=$$(ls "$(DATA)/crimes" | sed -n 's/^\([0-9]\{4\}-[0-9]\{2\}\)\.csv\.gz$$/\1/p' | sort | tail -n 1); fi; \
+	$(DC) exec -T -e AIRFLOW_PORT -e MLFLOW_PORT -e MINIO_PORT -e MINIO_PORT_UI -e FASTAPI_PORT \
+	  airflow-apiserver bash -c 'exec python -m chicago_crime.devtools.demo --month "$$0" \
+	  --airflow-url "http://127.0.0.1:$${AIRFLOW__API__PORT:-8080}"' "$$month"
+
+.PHONY: test-compose
+# Installs Debian's docker.io + debootstrap, runs dockerd loopback-only (stopped on every exit
+# path), builds stand-in base images and the project's images (cached), brings up --profile all
+# on the host network and walks the journey through the containers; see docs/docker.md.
+test-compose: $(VENV)/.installed ## The Compose stack built and run on a real engine: users' journey through the containers (TEST_DATA)
+	bash scripts/compose_test/run.sh $(PY) --data "$(TEST_DATA)" $(COMPOSE_TEST_ARGS)
 
 # ---------------------------------------------------------------------------------------------
 # Quality

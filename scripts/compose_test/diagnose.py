@@ -103,7 +103,7 @@ def resources(compose: Any) -> str:
                   "{{.Name}}\t{{.MemUsage}}\t{{.CPUPerc}}", *ids)
     rows = []
     for line in out.splitlines():
-        name, mem, cpu = (line.split("\t") + ["", ""])[:3]
+        name, mem, cpu = [*line.split("\t"), "", ""][:3]
         rows.append((name, _bytes(mem.split("/")[0]), cpu))
     total = sum(r[1] for r in rows)
     top = sorted(rows, key=lambda r: -r[1])[:4]

@@ -322,14 +322,16 @@ def test_mlflow_closed_to_the_network_is_caught(project):
     break_it("dockerfiles/mlflow/entrypoint.sh", '  0.0.0.0) hosts+=(', '  0.0.0.0.x) hosts+=(')
     assert_reports(run(root, "wiring"), "with BIND_HOST=0.0.0.0 a browser on the LAN")
     (root / "dockerfiles/mlflow/entrypoint.sh").unlink()
-    assert_reports(run(root, "wiring"), "no --allowed-hosts and no dockerfiles/mlflow/entrypoint.sh")
+    assert_reports(run(root, "wiring"),
+                   "no --allowed-hosts and no dockerfiles/mlflow/entrypoint.sh")
 
 
 def test_root_job_with_extra_capabilities_is_caught(project):
     root, break_it = project
     break_it("docker-compose.yaml", "cap_add: [CHOWN, DAC_OVERRIDE, FOWNER, SETUID, SETGID]",
              "cap_add: [CHOWN, SYS_ADMIN]")
-    break_it("docker-compose.yaml", '  fastapi:\n    build:', '  fastapi:\n    user: "0:0"\n    build:')
+    break_it("docker-compose.yaml", '  fastapi:\n    build:',
+             '  fastapi:\n    user: "0:0"\n    build:')
     assert_reports(run(root, "hardening"), "`airflow-init`: runs as root with extra capabilities "
                    "SYS_ADMIN", "service `fastapi`: runs as root (user: 0:0)")
 

@@ -64,7 +64,7 @@ def test_override_covers_every_service_and_leaves_no_in_network_address(resolved
 
 
 def test_every_listening_port_moves_to_the_block(merged):
-    stack, ports = merged
+    stack, _ = merged
     s = stack["services"]
     assert s["postgres"]["environment"]["PGPORT"] == "47100"
     assert s["postgres"]["command"] == ["postgres", "-c", "listen_addresses=127.0.0.1"]
@@ -150,7 +150,7 @@ def test_pulled_images_are_exactly_what_needs_a_stand_in():
     assert not any(i.startswith("chicago-crime-") or i == "build" for i in pulled)
 
 
-# --- failure messages -------------------------------------------------------------------------------
+# --- failure messages ---------------------------------------------------------------------------
 BUILDKIT_COPY_FAILURE = """\
 #8 [build 3/5] COPY src ./srcx
 #8 ERROR: failed to calculate checksum of ref abc::def: "/sources": not found
