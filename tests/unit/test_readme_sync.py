@@ -53,9 +53,11 @@ def parse(path: Path) -> Structure:
             while i < len(lines) and not lines[i].strip().startswith("```"):
                 body.append(lines[i])
                 i += 1
-            commands = [c for c in (strip_comment(b) for b in body) if c.strip()]
-            # Plain-text blocks (diagrams) keep their drawing; compare shell/JSON/etc. by commands.
-            s.code.append((lang, commands if lang else [b.rstrip() for b in body], section))
+            if lang:  # shell/JSON/...: the same commands, comments may be translated
+                lines_ = [c for c in (strip_comment(b) for b in body) if c.strip()]
+            else:  # plain text (diagram, layout): the same first word per line
+                lines_ = [b.split()[0] for b in body if b.strip()]
+            s.code.append((lang, lines_, section))
             i += 1
             continue
         heading = re.match(r"^(#{1,6})\s+(.*)$", line)
@@ -125,11 +127,11 @@ def test_structure_parser_sees_what_differs(tmp_path):
     pa, pb = parse(a), parse(b)
     assert [h[0] for h in pa.headings] == [h[0] for h in pb.headings]
     assert pa.code[0][:2] == pb.code[0][:2] == ("bash", ["make up"])
-    assert pa.tables[0][:2] == pb.tables[0][:2] == (1, 2)
+    assert pa.tables[0][:2] == pb.tables[0][:2] == (2, 2)  # header + one row
     b.write_text("# T\n\n### Uno\n\n```bash\nmake down\n```\n\n| a | b |\n|---|---|\n"
                  "| 1 | 2 |\n| 3 | 4 |\n")
     pb = parse(b)
     assert [h[0] for h in pb.headings] == [1, 3]
     assert pb.code[0][1] == ["make down"]
-    assert pb.tables[0][:2] == (2, 2)
+    assert pb.tables[0][:2] == (3, 2)
     assert pb.links == []
