@@ -28,6 +28,7 @@ import sysconfig
 import tarfile
 import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,8 @@ HOME = Path(os.environ.get("COMPOSE_TEST_HOME", "/var/lib/chicago-crime-compose"
 LABEL = "org.chicago-crime.inputs"
 DEBIAN_IMAGE = "localhost/debian:bookworm"
 DEBIAN_SUITE = "bookworm"
+# Builds run side by side (pip spends much of its time waiting on downloads and disk).
+JOBS = max(1, int(os.environ.get("COMPOSE_TEST_JOBS", "2")))
 # Debian's 20.10 CLI talks BuildKit to its daemon without the buildx plugin.
 DOCKER = "/usr/bin/docker" if Path("/usr/bin/docker").exists() else "docker"
 
@@ -184,6 +187,18 @@ def run_build(build: Build, files: list[Path] | None = None) -> bool:
         raise BuildError(build_failure(build, log.read_text(errors="replace")))
     say(f"{build.what}: built in {time.monotonic() - started:.0f} s")
     return True
+
+
+def run_builds(builds: list[Build]) -> list[bool]:
+    """``run_build`` for independent images, JOBS at a time; every failure is reported."""
+    if JOBS == 1 or len(builds) < 2:
+        return [run_build(b) for b in builds]
+    with ThreadPoolExecutor(max_workers=JOBS) as pool:
+        futures = [pool.submit(run_build, b) for b in builds]
+    errors = [f.exception() for f in futures if f.exception() is not None]
+    if errors:
+        raise BuildError("\n".join(str(e) for e in errors))
+    return [f.result() for f in futures]
 
 
 def build_failure(build: Build, output: str) -> str:
@@ -364,14 +379,15 @@ def standins(project: Any) -> None:
         by_kind.setdefault(kind, []).append(image)
     lock = REPO / "requirements.lock"
     debian_base()
-    # python first: the airflow and minio stand-ins are built on it.
+    # python (with postgres and valkey beside it) first: airflow and minio are built on it.
     python_tags = by_kind.get("python") or ["localhost/python:3.11-standin"]
     python_image = python_tags[0]
     ctx = _standin_context("python")
     version = cpython_tar(ctx / "cpython.tar")
-    run_build(Build(f"stand-in {', '.join(python_tags)} (CPython {version})", python_tags,
-                    ctx / "Dockerfile", ctx, {"PYTHON_VERSION": version}, [DEBIAN_IMAGE]))
-    for kind in ("airflow", "postgres", "valkey", "minio"):
+    first = [Build(f"stand-in {', '.join(python_tags)} (CPython {version})", python_tags,
+                   ctx / "Dockerfile", ctx, {"PYTHON_VERSION": version}, [DEBIAN_IMAGE])]
+    second: list[Build] = []
+    for kind in ("postgres", "valkey", "airflow", "minio"):
         tags = by_kind.get(kind)
         if not tags:
             continue
@@ -388,8 +404,10 @@ def standins(project: Any) -> None:
                 raise BuildError(f"several Airflow versions requested: {sorted(versions)}")
             args["AIRFLOW_VERSION"] = versions.pop()
         ctx = _standin_context(kind, extra)
-        run_build(Build(f"stand-in {', '.join(tags)}", tags, ctx / "Dockerfile", ctx, args,
-                        bases))
+        build = Build(f"stand-in {', '.join(tags)}", tags, ctx / "Dockerfile", ctx, args, bases)
+        (second if python_image in bases else first).append(build)
+    run_builds(first)
+    run_builds(second)
 
 
 # --- the project's images ------------------------------------------------------------------------
@@ -426,8 +444,7 @@ def project_builds(project: Any) -> list[Build]:
 def project_images(project: Any) -> list[str]:
     """Build (or reuse) every image the compose file builds; returns the image names."""
     builds = project_builds(project)
-    for build in builds:
-        run_build(build)
+    run_builds(builds)
     return [b.tags[0] for b in builds]
 
 

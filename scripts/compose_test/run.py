@@ -404,6 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     project = images.load_project(env_file)
     probability = None
     started_stack = False
+    failure = ""
     try:
         with phase("stand-in base images", timings):
             images.standins(project)
@@ -438,9 +439,9 @@ def main(argv: list[str] | None = None) -> int:
         probability = journey(compose, ports, env, args.month, timings)
         say(diagnose.resources(compose))
     except (JourneyError, images.BuildError, hostnet.OverrideError) as exc:
-        print(f"\ncompose test FAILED: {exc}", file=sys.stderr, flush=True)
-        if started_stack:
-            print(diagnose.explain(compose, ""), file=sys.stderr, flush=True)
+        failure = f"compose test FAILED: {exc}"
+        if started_stack and "did not become healthy" not in str(exc):
+            failure += "\nstate of the stack:\n  " + diagnose.explain(compose, "")
         return 1
     finally:
         if started_stack and not args.keep:
@@ -452,6 +453,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             say(f"stack left up; compose files and env in {workdir}")
         say("phases: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
+        if failure:  # last, so CI logs end with what broke
+            print(f"\n{failure}", file=sys.stderr, flush=True)
     print(f"compose journey ok: {time.monotonic() - STARTED:.0f} s, "
           f"arrest_probability={probability:.4f}", flush=True)
     return 0
