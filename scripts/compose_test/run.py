@@ -294,11 +294,10 @@ def journey(compose: Compose, ports: hostnet.PortMap, env: dict[str, str], month
                                *compose.make_vars()], cwd=REPO, capture_output=True, text=True,
                               check=False, timeout=300)
         out = proc.stdout
-        if proc.returncode != 0 or str(model.get("version")) not in out:
+        if proc.returncode != 0 or "exec -T airflow-worker chicago-crime champion" not in out \
+                or f'"version": "{model.get("version")}"' not in out:
             raise JourneyError(f"make champion through Compose failed (exit {proc.returncode}):"
                                f"\n{out[-1500:]}\n{proc.stderr[-1500:]}")
-        if "exec" not in proc.stdout + proc.stderr and "airflow-worker" not in out:
-            say("make champion printed the champion")
         say(f"make champion (in the airflow-worker container): version {model.get('version')}")
 
     with phase("journey: MLflow from the LAN (BIND_HOST=0.0.0.0), not from elsewhere", timings):
@@ -316,6 +315,14 @@ def journey(compose: Compose, ports: hostnet.PortMap, env: dict[str, str], month
         kernels = requests.get(f"{jupyter}/api/kernelspecs", timeout=10,
                                headers={"Authorization": f"token {token}"}).json()
         say(f"JupyterLab answers with its token only; kernels: {sorted(kernels['kernelspecs'])}")
+        proc = subprocess.run(["make", "--no-print-directory", "notebooks",
+                               "COMPOSE_BUILD=--no-build", *compose.make_vars()], cwd=REPO,
+                              capture_output=True, text=True, check=False, timeout=600)
+        if proc.returncode != 0 or "JupyterLab: http" not in proc.stdout \
+                or "install-native" in proc.stdout + proc.stderr:
+            raise JourneyError(f"make notebooks with the Compose stack up failed (exit "
+                               f"{proc.returncode}):\n{proc.stdout[-1500:]}\n{proc.stderr[-1500:]}")
+        say("make notebooks: JupyterLab in the jupyter container, nothing installed on the host")
     return probability
 
 

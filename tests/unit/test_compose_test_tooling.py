@@ -151,14 +151,18 @@ def test_pulled_images_are_exactly_what_needs_a_stand_in():
 
 
 # --- failure messages ---------------------------------------------------------------------------
+# What BuildKit printed here for a wrong COPY source (dockerfiles/fastapi/Dockerfile, verbatim).
 BUILDKIT_COPY_FAILURE = """\
-#8 [build 3/5] COPY src ./srcx
-#8 ERROR: failed to calculate checksum of ref abc::def: "/sources": not found
+#7 transferring context: 2.28MB 0.0s done
+#7 DONE 0.1s
+
+#8 [build 3/7] COPY requirements.lok pyproject.toml ./
+#8 sha256:b2095e983ba6801db61d69512be347bc86ce26622435046057d2e28e725b257b
+#8 ERROR: "/requirements.lok" not found: not found
 ------
- > [build 3/5] COPY sources ./src:
+ > [build 3/7] COPY requirements.lok pyproject.toml ./:
 ------
-error: failed to solve: failed to compute cache key: failed to calculate checksum of ref \
-abc::def: "/sources": not found
+failed to compute cache key: "/requirements.lok" not found: not found
 """
 
 
@@ -169,8 +173,8 @@ def test_build_failure_names_the_image_the_dockerfile_and_the_step(tmp_path):
     message = images.build_failure(build, BUILDKIT_COPY_FAILURE)
     assert message.startswith("image chicago-crime-api:0.1.0 (service fastapi) "
                               "(dockerfiles/fastapi/Dockerfile) failed to build: at "
-                              "[build 3/5] COPY sources ./src")
-    assert '"/sources": not found' in message
+                              "[build 3/7] COPY requirements.lok pyproject.toml ./\n")
+    assert '"/requirements.lok" not found' in message
 
 
 def test_a_container_that_exited_is_explained_with_its_logs():

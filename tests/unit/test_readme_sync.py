@@ -79,15 +79,27 @@ def parse(path: Path) -> Structure:
     return s
 
 
+def heading_differences(en: list[tuple[int, str]], es: list[tuple[int, str]]) -> list[str]:
+    """Where the section trees differ (levels in order; the texts are translations)."""
+    def show(h: tuple[int, str]) -> str:
+        return f"'{'#' * h[0]} {h[1]}'"
+
+    out = []
+    matcher = difflib.SequenceMatcher(a=[h[0] for h in en], b=[h[0] for h in es], autojunk=False)
+    for op, i1, i2, j1, j2 in matcher.get_opcodes():
+        if op == "equal":
+            continue
+        after = f"after {show(en[i1 - 1])} / {show(es[j1 - 1])}" if i1 and j1 else "at the top"
+        added = ", ".join(show(h) for h in en[i1:i2]) or "nothing"
+        spanish = ", ".join(show(h) for h in es[j1:j2]) or "nothing"
+        out.append(f"sections {after}: README.md has {added}, README.es.md has {spanish}")
+    return out
+
+
 def test_spanish_readme_has_the_same_structure():
     en, es = parse(EN), parse(ES)
     problems: list[str] = []
-    if [h[0] for h in en.headings] != [h[0] for h in es.headings]:
-        diff = difflib.unified_diff([f"{'#' * lvl} {t}" for lvl, t in en.headings],
-                                    [f"{'#' * lvl} {t}" for lvl, t in es.headings],
-                                    "README.md headings", "README.es.md headings", lineterm="")
-        problems.append("sections differ (levels/order; texts are translations):\n    "
-                        + "\n    ".join(diff))
+    problems += heading_differences(en.headings, es.headings)
     if len(en.code) != len(es.code):
         problems.append(f"README.md has {len(en.code)} code blocks, README.es.md {len(es.code)}: "
                         f"English blocks under {[c[2] for c in en.code]}, Spanish under "
@@ -96,8 +108,9 @@ def test_spanish_readme_has_the_same_structure():
         if a[:2] != b[:2]:
             diff = "\n    ".join(difflib.unified_diff(a[1], b[1], "README.md", "README.es.md",
                                                       lineterm=""))
+            lang = f" (language {a[0]!r} vs {b[0]!r})" if a[0] != b[0] else ""
             problems.append(f"code block {n} (README.md section {a[2]!r}, README.es.md section "
-                            f"{b[2]!r}) differs (language {a[0]!r} vs {b[0]!r}):\n    {diff}")
+                            f"{b[2]!r}) differs{lang}:\n    {diff}")
     if len(en.tables) != len(es.tables):
         problems.append(f"README.md has {len(en.tables)} tables, README.es.md {len(es.tables)}")
     for n, (a, b) in enumerate(zip(en.tables, es.tables, strict=False), start=1):
