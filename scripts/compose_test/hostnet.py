@@ -13,7 +13,9 @@ would make Compose create a bridge network):
   tests may hold 5432, 6379, 8080, 8793, 8794, 8800, 8974, 9000 ...), through the service's own
   conventions (``PGPORT``, ``--port``, ``--address``, ``AIRFLOW__API__PORT`` ...), and binds it to
   127.0.0.1 instead of 0.0.0.0;
-* rewrites the healthchecks only where a port is written in them.
+* rewrites the healthchecks only where a port is written in them; with ``grace`` > 1 it also
+  multiplies their timeout, start period and retries (a machine shared with other jobs starts
+  Airflow in minutes), never their commands or the ``depends_on`` graph.
 
 ``LISTENS`` lists every port of every service; a service that is missing from it, or a
 ``service:port`` reference that is left pointing at a service name, is an error that names it.
@@ -281,8 +283,29 @@ MOVES: dict[str, Callable[[Service, PortMap], None]] = {
 
 
 # --- the override ------------------------------------------------------------------------------
+def seconds(duration: str) -> float:
+    """A Compose duration (``1m30s``, ``500ms``, ``20s``) in seconds."""
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001, "us": 1e-6}
+    parts = re.findall(r"([\d.]+)(h|ms|us|m|s)", duration)
+    if not parts or "".join(n + u for n, u in parts) != duration.strip():
+        raise OverrideError(f"cannot read the duration {duration!r}")
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def widen(healthcheck: dict[str, Any], grace: float) -> dict[str, Any]:
+    """Timeout, start period and retries of a healthcheck multiplied by ``grace``."""
+    out: dict[str, Any] = {}
+    for key in ("timeout", "start_period"):
+        if healthcheck.get(key):
+            out[key] = f"{seconds(str(healthcheck[key])) * grace:.0f}s"
+    if healthcheck.get("retries"):
+        out["retries"] = int(healthcheck["retries"] * grace)
+    return out
+
+
 def build_override(resolved: dict[str, Any], ports: PortMap,
-                   image_cmds: dict[str, list[str]] | None = None) -> dict[str, Any]:
+                   image_cmds: dict[str, list[str]] | None = None,
+                   grace: float = 1.0) -> dict[str, Any]:
     """The override document for every service of ``resolved`` (docker compose config JSON)."""
     services = resolved.get("services") or {}
     names = list(services)
@@ -327,6 +350,8 @@ def build_override(resolved: dict[str, Any], ports: PortMap,
                                                name, ports) for t in test[1:])]
             if new != test:
                 s.override.setdefault("healthcheck", {})["test"] = new
+            if grace > 1 and hc:
+                s.override.setdefault("healthcheck", {}).update(widen(hc, grace))
         s.override["network_mode"] = "host"
         s.override["ports"] = Reset()
         out[name] = s.override

@@ -397,6 +397,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--month", default="2018-06")
     parser.add_argument("--workers", type=int, default=2, help="airflow-worker replicas")
     parser.add_argument("--keep", action="store_true", help="leave the stack up at the end")
+    parser.add_argument("--health-grace", type=float, default=1.0,
+                        help="multiply healthcheck timeouts, start periods and retries (a "
+                             "machine shared with other jobs); commands are never changed")
     parser.add_argument("--images-only", action="store_true")
     args = parser.parse_args(argv)
     data = args.data.resolve()
@@ -423,7 +426,8 @@ def main(argv: list[str] | None = None) -> int:
         with phase("host-network override", timings):
             ports = hostnet.PortMap.at(hostnet.find_base())
             resolved = compose.config("*")
-            override = hostnet.build_override(resolved, ports, image_cmds(built))
+            override = hostnet.build_override(resolved, ports, image_cmds(built),
+                                              grace=args.health_grace)
             path = workdir / "docker-compose.hostnet.yaml"
             hostnet.write_override(path, override, ports)
             compose.files.append(path)
@@ -437,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
             started_stack = True
             flags = [x for p in PROFILES for x in ("--profile", p)]
             proc = compose.run(*flags, "up", "--detach", "--no-build", "--wait",
-                               "--wait-timeout", "900", "--scale",
+                               "--wait-timeout", str(int(900 * args.health_grace)), "--scale",
                                f"airflow-worker={args.workers}", check=False, capture=True)
             if proc.returncode != 0:
                 raise JourneyError("the stack did not become healthy:\n"

@@ -44,12 +44,14 @@ def resolved() -> dict:
     return compose_config(REPO / "docker-compose.yaml")
 
 
+API_CMD = {"chicago-crime-api:0.1.0": ["uvicorn", "chicago_crime.serve.app:app", "--host",
+                                       "0.0.0.0", "--port", "8800", "--workers", "1"]}
+
+
 @pytest.fixture(scope="module")
 def merged(resolved, tmp_path_factory) -> tuple[dict, hostnet.PortMap]:
     ports = hostnet.PortMap.at(47100)
-    cmds = {"chicago-crime-api:0.1.0": ["uvicorn", "chicago_crime.serve.app:app", "--host",
-                                        "0.0.0.0", "--port", "8800", "--workers", "1"]}
-    override = hostnet.build_override(resolved, ports, cmds)
+    override = hostnet.build_override(resolved, ports, API_CMD)
     path = tmp_path_factory.mktemp("hostnet") / "override.yaml"
     hostnet.write_override(path, override, ports)
     return compose_config(REPO / "docker-compose.yaml", path), ports
@@ -108,6 +110,21 @@ def test_leftover_in_network_addresses_are_reported(merged):
     assert "airflow-worker: PG_HOST=postgres is an in-network name" in problems
     assert "uses port 5000 on the host" in problems
     assert "valkey: network_mode is None" in problems
+
+
+def test_health_grace_widens_timing_only(resolved):
+    plain = hostnet.build_override(resolved, hostnet.PortMap.at(47100), API_CMD)
+    wide = hostnet.build_override(resolved, hostnet.PortMap.at(47100), API_CMD, grace=3)
+    mlflow = resolved["services"]["mlflow"]["healthcheck"]
+    got = wide["services"]["mlflow"]["healthcheck"]
+    assert got["test"] == plain["services"]["mlflow"]["healthcheck"]["test"]
+    assert hostnet.seconds(got["timeout"]) == 3 * hostnet.seconds(mlflow["timeout"])
+    assert hostnet.seconds(got["start_period"]) == 3 * hostnet.seconds(mlflow["start_period"])
+    assert got["retries"] == 3 * mlflow["retries"]
+    assert "interval" not in got
+    assert hostnet.seconds("1m30s") == 90 and hostnet.seconds("500ms") == 0.5
+    with pytest.raises(hostnet.OverrideError):
+        hostnet.seconds("soon")
 
 
 def test_a_url_without_port_is_refused():
