@@ -42,6 +42,8 @@ from typing import Any
 
 import requests
 
+from chicago_crime.stages import STAGES
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
@@ -53,9 +55,9 @@ REPO = HERE.parents[1]
 PROJECT = "chicago-crime-ci"
 PROFILES = ("all", "replay", "notebooks")
 ETL_DAG, TRAIN_DAG = "etl_with_taskflow", "train_model"
-ETL_TASKS = ("setup_s3", "download_data", "build_window", "enrich_data", "split_data",
-             "process_outliers", "encode_data", "scale_data", "balance_data",
-             "extract_features", "publish_dataset")
+# The DAG's tasks: ingestion, one task per row of the stage table, publication.
+ETL_TASKS = ("setup_s3", "download_data", "build_window", *(s.task_id for s in STAGES),
+             "publish_dataset")
 # A real record of the portal (2018-06), as the SODA API returns it.
 RECORD = {
     "id": "11334378", "case_number": "JB289012", "date": "2018-06-01T21:05:00.000",
@@ -141,11 +143,11 @@ class Compose:
 
 
 def ci_env_file(workdir: Path, data: Path) -> Path:
-    """``.env`` with empty secrets generated (as ``make install``) and the CI's choices:
-    BIND_HOST=0.0.0.0 (remote access mode, loopback-only anyway on the host network), the
-    replay service serving ``data`` and the platform pointed at it."""
+    """``.env`` from ``.env.example`` with its secrets generated (as ``make install``) and the
+    CI's choices: BIND_HOST=0.0.0.0 (remote access mode, loopback-only anyway on the host
+    network), the replay service serving ``data`` and the platform pointed at it."""
     gen = images.cc._load_sibling("gen_secrets")
-    text, _ = gen.fill_secrets((REPO / ".env").read_text(encoding="utf-8"), overrides={
+    text, _ = gen.fill_secrets((REPO / ".env.example").read_text(encoding="utf-8"), overrides={
         "BIND_HOST": "0.0.0.0",
         "REPLAY_DATA_DIR": str(data),
         "SOCRATA_BASE_URL": "http://replay:8765",
