@@ -345,7 +345,7 @@ def check_lake(ports: hostnet.PortMap, env: dict[str, str], month: str) -> None:
     import boto3
 
     sys.path.insert(0, str(REPO / "src"))
-    from chicago_crime import layout
+    from chicago_crime import layout, stages
 
     s3 = boto3.client("s3", endpoint_url=ports.url("minio", 9000), region_name="us-east-1",
                       aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
@@ -355,7 +355,10 @@ def check_lake(ports: hostnet.PortMap, env: dict[str, str], month: str) -> None:
         keys.update(obj["Key"] for obj in page.get("Contents", []))
     expected = [layout.raw_crimes_key(month), layout.raw_stations_key(month),
                 layout.window_key(month), layout.enriched_key(month)]
-    expected += [layout.stage_key(month, stage, "train.parquet") for stage in layout.STAGES]
+    # Every stage's report; from the split on, its train/test data too (enrich writes the CSV).
+    expected += [layout.report_key(month, stage.name) for stage in stages.STAGES]
+    expected += [layout.data_key(month, stage.name, part) for stage in stages.STAGES
+                 if stage.name != stages.ENRICH for part in ("train", "test")]
     missing = [k for k in expected if k not in keys]
     if missing:
         raise JourneyError(f"the lake lacks {missing} (it holds {len(keys)} objects)")
