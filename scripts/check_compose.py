@@ -65,15 +65,25 @@ REPO = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = "docker-compose.yaml"
 
 # Profiles users of the template expect; `debug` only adds tools (the Airflow CLI).
-EXPECTED_PROFILES = {"all", "db", "minio", "mlflow", "airflow", "api", "debug"}
+EXPECTED_PROFILES = {"all", "db", "minio", "mlflow", "airflow", "api", "debug", "replay",
+                     "notebooks"}
 TOOL_PROFILES = {"debug"}
+# Add-on profiles: long-running services started on demand, beside `all` (offline data source,
+# JupyterLab). They need not be in `all`.
+ADDON_PROFILES = {"replay", "notebooks"}
 # Services allowed to publish ports (UIs and the model API), always bound to ${BIND_HOST}.
-PUBLISHED_SERVICES = {"airflow-apiserver", "mlflow", "minio", "fastapi"}
+PUBLISHED_SERVICES = {"airflow-apiserver", "mlflow", "minio", "fastapi", "jupyter"}
 # Profiles started with `docker compose up --wait` (make up): each one-shot job in them must be
 # awaited by a long-running service, or --wait reports the job's exit as a failure.
-WAIT_PROFILES = {"all", "airflow", "mlflow", "api"}
+WAIT_PROFILES = {"all", "airflow", "mlflow", "api", "notebooks"}
 # Bind-mount sources that `make install` creates (they are not in git).
 CREATED_BY_INSTALL = {"airflow/logs", "airflow/plugins"}
+# Bind-mount sources given at run time (the default is a placeholder that must not exist, so a
+# forgotten REPLAY_DATA_DIR fails with "bind source path does not exist").
+GIVEN_AT_RUN_TIME = {"replay-data"}
+# One-shot jobs allowed to start as root, and the only capabilities they may add back.
+ROOT_JOBS = {"airflow-init": "gives ./airflow/logs to AIRFLOW_UID (chown needs root)"}
+ROOT_JOB_CAPS = {"CHOWN", "DAC_OVERRIDE", "FOWNER", "SETUID", "SETGID"}
 LOOPBACK = ("127.0.0.1", "localhost", "0.0.0.0", "[::1]")
 
 # --- which Settings each app service needs ----------------------------------------------------
@@ -120,6 +130,12 @@ SERVICE_SETTINGS: dict[str, set[str] | str] = {
         "aws_endpoint_url_s3", "mlflow_s3_endpoint_url", "data_repo_bucket_name",
         "mlflow_bucket_name", "mlflow_tracking_uri", "model_name", "api_key",
         "model_poll_seconds", "api_allowed_hosts",
+    },
+    # JupyterLab's notebooks read the lake and the registry through Settings.
+    "jupyter": {
+        "aws_access_key_id", "aws_secret_access_key", "aws_default_region",
+        "aws_endpoint_url_s3", "mlflow_s3_endpoint_url", "data_repo_bucket_name",
+        "mlflow_bucket_name", "mlflow_tracking_uri", "model_name",
     },
     # The MLflow server does not import the package, but its S3 client reads these names.
     "mlflow": {
@@ -457,7 +473,7 @@ def check_profiles(p: Project) -> Problems:
                 for x in sorted(EXPECTED_PROFILES - p.profiles)]
     for name, svc in sorted(p.raw["services"].items()):
         profiles = set((svc or {}).get("profiles") or [])
-        if profiles and not profiles <= TOOL_PROFILES and "all" not in profiles:
+        if profiles and not profiles <= TOOL_PROFILES | ADDON_PROFILES and "all" not in profiles:
             problems.append(f"service `{name}` is not in profile `all` (profiles: "
                             f"{', '.join(sorted(profiles))})")
     return problems
@@ -524,7 +540,7 @@ def check_build_sources(p: Project) -> Problems:
             if src.exists():
                 continue
             rel = p.rel(src)
-            if rel in CREATED_BY_INSTALL:
+            if rel in CREATED_BY_INSTALL or rel in GIVEN_AT_RUN_TIME:
                 continue
             problems.append(f"service `{name}`: bind-mount source {rel} does not exist")
     return problems
@@ -713,17 +729,64 @@ def check_wiring(p: Project) -> Problems:
         if f"--artifacts-destination=s3://{bucket}" not in args and \
                 f"--artifacts-destination s3://{bucket}" not in args:
             problems.append(f"mlflow: --artifacts-destination s3://{bucket} missing")
-        allowed = re.search(r"--allowed-hosts[= ](\S+)", args)
-        hosts = set(allowed[1].split(",")) if allowed else set()
-        for needed in ("mlflow", "mlflow:5000"):
-            if needed not in hosts:
-                problems.append(f"mlflow: --allowed-hosts must include `{needed}` "
-                                f"(in-network clients get 403 Invalid Host header)")
+        env = {k: "" if v is None else str(v) for k, v in (mlflow.get("environment") or {}).items()}
+        try:
+            hosts = mlflow_allowed_hosts(p, command, env)
+        except CheckError as exc:
+            problems.append(str(exc))
+            hosts = []
+        for needed in ("mlflow", "mlflow:5000", "127.0.0.1:5001", "localhost:5001"):
+            if not host_allowed(hosts, needed):
+                problems.append(f"mlflow: Host `{needed}` is not allowed (clients get 403 Invalid "
+                                f"Host header); allowed: {','.join(hosts) or 'none'}")
+        # Opening the ports to the network must open MLflow to it too (remote browsers send
+        # Host: <server's LAN IP>:<MLFLOW_PORT>).
+        try:
+            remote = mlflow_allowed_hosts(p, command, {**env, "BIND_HOST": "0.0.0.0"})
+        except CheckError:
+            remote = []
+        if not host_allowed(remote, "192.168.1.20:5001"):
+            problems.append("mlflow: with BIND_HOST=0.0.0.0 a browser on the LAN "
+                            "(Host 192.168.1.20:5001) still gets 403: allowed hosts must follow "
+                            "BIND_HOST")
         env = mlflow.get("environment") or {}
         if str(env.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "")).lower() != "false":
             problems.append("mlflow: set MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false "
                             "(job runners cost ~1 GB)")
     return problems
+
+
+def host_allowed(patterns: list[str], host: str) -> bool:
+    """MLflow's rule (mlflow.server.security_utils.is_allowed_host_header)."""
+    return "*" in patterns or any(
+        fnmatch.fnmatch(host, pat) if "*" in pat else host == pat for pat in patterns)
+
+
+def mlflow_allowed_hosts(p: Project, command: list[str], env: dict[str, str]) -> list[str]:
+    """The Host patterns `mlflow server` will accept: from --allowed-hosts in the command, else
+    from what the image's entrypoint (dockerfiles/mlflow/entrypoint.sh) adds for ``env``."""
+    args = " ".join(command)
+    allowed = re.search(r"--allowed-hosts[= ](\S+)", args)
+    if allowed:
+        return allowed[1].split(",")
+    script = p.root / "dockerfiles" / "mlflow" / "entrypoint.sh"
+    if not script.is_file():
+        raise CheckError("mlflow: no --allowed-hosts and no dockerfiles/mlflow/entrypoint.sh to "
+                         "add them (in-network clients would get 403 Invalid Host header)")
+    with tempfile.TemporaryDirectory() as tmp:
+        fake = Path(tmp) / "mlflow"
+        fake.write_text('#!/bin/sh\nfor a; do echo "$a"; done\n')
+        fake.chmod(0o755)
+        run_env = {"PATH": f"{tmp}:/usr/bin:/bin", **env}
+        proc = subprocess.run(["bash", str(script), "mlflow", "server", *command[2:]],
+                              capture_output=True, text=True, env=run_env, timeout=30,
+                              check=False)
+    if proc.returncode != 0:
+        raise CheckError(f"mlflow: dockerfiles/mlflow/entrypoint.sh failed: {proc.stderr.strip()}")
+    for line in proc.stdout.splitlines():
+        if line.startswith("--allowed-hosts="):
+            return line.split("=", 1)[1].split(",")
+    return []
 
 
 def _python_minor(p: Project) -> str | None:
@@ -848,7 +911,19 @@ def check_hardening(p: Project) -> Problems:
                             f"with other projects; remove it")
         user = str(svc.get("user", ""))
         if user.split(":")[0] in {"0", "root"}:
-            problems.append(f"service `{name}`: runs as root (user: {user})")
+            if name not in ROOT_JOBS:
+                problems.append(f"service `{name}`: runs as root (user: {user})")
+            else:
+                caps = {c.upper().removeprefix("CAP_") for c in svc.get("cap_add") or []}
+                if "ALL" not in {c.upper() for c in svc.get("cap_drop") or []}:
+                    problems.append(f"service `{name}`: runs as root without cap_drop: [ALL]")
+                if caps - ROOT_JOB_CAPS:
+                    problems.append(f"service `{name}`: runs as root with extra capabilities "
+                                    f"{', '.join(sorted(caps - ROOT_JOB_CAPS))} (allowed: "
+                                    f"{', '.join(sorted(ROOT_JOB_CAPS))})")
+                if svc.get("restart", "no") not in {"no", "on-failure"}:
+                    problems.append(f"service `{name}`: runs as root and restarts; only one-shot "
+                                    f"jobs may start as root")
         for port in svc.get("ports") or []:
             if name not in PUBLISHED_SERVICES:
                 allowed = ", ".join(sorted(PUBLISHED_SERVICES))

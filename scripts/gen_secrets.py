@@ -12,6 +12,7 @@
   ``cryptography.fernet.Fernet.generate_key()`` makes it).
 * every password (``PASSWORDS``) and ``API_KEY``: 32 random bytes, URL-safe base64 (safe in
   URLs, config files and environment variables without quoting).
+* ``JUPYTER_TOKEN``: 32 random bytes, URL-safe base64 (JupyterLab's login in Compose).
 
 A value that is already set is never touched, so running it again changes nothing, except the
 well-known passwords the template's old tracked ``.env`` shipped (``LEGACY_DEFAULTS``), which
@@ -66,6 +67,7 @@ GENERATORS: dict[str, Callable[[], str]] = {
     "AIRFLOW_JWT_SECRET": jwt_secret,
     "AIRFLOW_FERNET_KEY": fernet_key,
     "API_KEY": api_key,
+    "JUPYTER_TOKEN": api_key,
     **dict.fromkeys(PASSWORDS, password),
 }
 #: Well-known values the template's tracked ``.env`` used to ship: replaced like empty ones.

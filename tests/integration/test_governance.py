@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 import requests
+from airflow_client.client import DAGPatchBody
 
 from chicago_crime.devtools import demo
-from chicago_crime.devtools.airflow_client import AirflowClient
+from chicago_crime.devtools.airflow_api import connect, wait_for_dag
 from chicago_crime.model import registry
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(3000)]
@@ -27,17 +28,16 @@ def champion(stack_settings) -> registry.ModelCard:
 
 
 def test_backfill_of_an_older_month_leaves_the_champion(champion, stack_settings):
-    airflow = AirflowClient(stack_settings)
-    for dag_id in (demo.ETL_DAG, demo.TRAIN_DAG):
-        airflow.wait_for_dag(dag_id)
-        airflow.set_paused(dag_id, False)
-    etl_run = demo.run_etl(airflow, OLDER)
-    assert etl_run["state"] == "success"
-    train_run = demo.wait_for_training(airflow, after=etl_run["start_date"])
-    assert train_run["state"] == "success"
-    result = airflow.request(
-        "GET", f"/dags/{demo.TRAIN_DAG}/dagRuns/{train_run['dag_run_id']}/taskInstances/"
-        "train_and_register/xcomEntries/return_value")["value"]
+    af = connect(stack_settings)
+    for dag_id in (demo.TRAIN_DAG, demo.ETL_DAG):
+        wait_for_dag(af, dag_id)
+        af.dags.patch_dag(dag_id, DAGPatchBody(is_paused=False))
+    etl_run = demo.run_etl(af, OLDER)
+    assert etl_run.state == "success"
+    train_run = demo.wait_for_training(af, after=etl_run.start_date)
+    assert train_run.state == "success"
+    result = af.xcom.get_xcom_entry(demo.TRAIN_DAG, "train_and_register", train_run.dag_run_id,
+                                    "return_value").actual_instance.value
     assert result["month"] == OLDER and result["promoted"] is False
     assert "older data" in result["reason"] and "2018-06-30" in result["reason"]
     client = registry.client_for(stack_settings)

@@ -8,9 +8,10 @@ import pickle
 from pathlib import Path
 
 import pytest
+from airflow_client.client import DAGPatchBody
 
 from chicago_crime import ingest, layout
-from chicago_crime.devtools.airflow_client import AirflowClient
+from chicago_crime.devtools.airflow_api import Airflow, connect, wait_for_dag
 from chicago_crime.devtools.demo import run_etl
 from chicago_crime.lake import Lake
 from chicago_crime.manifest import StageIntegrityError
@@ -24,14 +25,14 @@ ETL = "etl_with_taskflow"
 
 
 @pytest.fixture(scope="module")
-def airflow(stack_settings) -> AirflowClient:
+def airflow(stack_settings) -> Airflow:
     """The ETL has run for MONTH (the integration tests usually did it)."""
-    client = AirflowClient(stack_settings)
-    client.wait_for_dag(ETL)
-    client.set_paused(ETL, False)
+    af = connect(stack_settings)
+    wait_for_dag(af, ETL)
+    af.dags.patch_dag(ETL, DAGPatchBody(is_paused=False))
     if not Lake(settings=stack_settings).exists(layout.manifest_key(MONTH, "select")):
-        assert run_etl(client, MONTH)["state"] == "success"
-    return client
+        assert run_etl(af, MONTH).state == "success"
+    return af
 
 
 def test_an_interrupted_backfill_is_completed_by_the_next_run(airflow, stack_settings):
@@ -45,10 +46,9 @@ def test_an_interrupted_backfill_is_completed_by_the_next_run(airflow, stack_set
     lake.delete(stations)
     assert ingest.missing_months(MONTH, lake, stack_settings) == [VICTIM]
     run = run_etl(airflow, MONTH)
-    assert run["state"] == "success"
-    download = airflow.request(
-        "GET", f"/dags/{ETL}/dagRuns/{run['dag_run_id']}/taskInstances/download_data"
-        "/xcomEntries/return_value")["value"]
+    assert run.state == "success"
+    download = airflow.xcom.get_xcom_entry(ETL, "download_data", run.dag_run_id,
+                                           "return_value").actual_instance.value
     assert download["months"] == [VICTIM, MONTH]
     assert lake.etag(crimes) == etag and lake.exists(stations)
     assert lake.etag(layout.window_key(MONTH)) == window_etag  # all 12 months, same bytes

@@ -22,6 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 COPIED = [
     "docker-compose.yaml", ".env.example", ".dockerignore", "dockerfiles", "secrets",
     "requirements.lock", "pyproject.toml", "README.md", "src", "airflow/dags", "scripts",
+    "notebooks",
 ]
 
 
@@ -209,24 +210,25 @@ def test_service_healthy_without_healthcheck_is_caught(project):
 
 def test_restarting_init_job_and_sleep_are_caught(project):
     root, break_it = project
-    break_it("docker-compose.yaml", '        airflow version\n    restart: "no"',
-             "        sleep 5\n        airflow version\n    restart: always")
+    break_it("docker-compose.yaml", '        as_airflow airflow version\n    restart: "no"',
+             "        sleep 5\n        as_airflow airflow version\n    restart: always")
     assert_reports(run(root, "healthchecks"),
                    "waits for `airflow-init` to complete but `airflow-init` has restart: always",
                    "uses `sleep`")
 
 
 def test_one_shot_job_nobody_waits_for_is_caught(project):
-    root, break_it = project
+    root, _ = project
     # In profile `mlflow` only the MLflow server awaits minio-init; without it `up --wait` would
     # report the job's exit as a failure.
-    break_it("docker-compose.yaml", "      postgres:\n        condition: service_healthy\n"
-             "      minio-init:\n        condition: service_completed_successfully\n"
-             "    healthcheck:\n      test: [\"CMD\", \"python\", \"-c\", \"import urllib.request; "
-             "urllib.request.urlopen('http://127.0.0.1:5000",
-             "      postgres:\n        condition: service_healthy\n"
-             "    healthcheck:\n      test: [\"CMD\", \"python\", \"-c\", \"import urllib.request; "
-             "urllib.request.urlopen('http://127.0.0.1:5000")
+    mlflow = root / "docker-compose.yaml"
+    text = mlflow.read_text(encoding="utf-8")
+    start = text.index("\n  mlflow:\n")
+    end = text.index("    healthcheck:", start)  # its depends_on comes before its healthcheck
+    block = text[start:end]
+    wait = "      minio-init:\n        condition: service_completed_successfully\n"
+    assert wait in block, "the mlflow service no longer waits for minio-init: update this test"
+    mlflow.write_text(text[:start] + block.replace(wait, "") + text[end:], encoding="utf-8")
     problems = run(root, "healthchecks")
     assert_reports(problems, "profile `mlflow`: no long-running service waits for one-shot "
                    "`minio-init`")
@@ -310,11 +312,32 @@ def test_wrong_in_network_host_and_jwt_split_are_caught(project):
              "http://airflow-api-server:8080/execution/")
     break_it("docker-compose.yaml", '      DUMB_INIT_SETSID: "0"\n',
              '      DUMB_INIT_SETSID: "0"\n      AIRFLOW__API_AUTH__JWT_SECRET: other\n')
-    break_it("docker-compose.yaml", "      - --allowed-hosts=mlflow,mlflow:5000,",
-             "      - --allowed-hosts=")
+    break_it("docker-compose.yaml", "      - --serve-artifacts\n",
+             "      - --serve-artifacts\n      - --allowed-hosts=localhost\n")
     assert_reports(run(root, "wiring"), "points at host `airflow-api-server`",
                    "share one non-empty AIRFLOW__API_AUTH__JWT_SECRET",
-                   "--allowed-hosts must include `mlflow:5000`")
+                   "Host `mlflow:5000` is not allowed")
+
+
+def test_mlflow_closed_to_the_network_is_caught(project):
+    root, break_it = project
+    # The issue this guards: BIND_HOST=0.0.0.0 opened the ports but MLflow still answered 403
+    # to http://<server's IP>:5001.
+    break_it("dockerfiles/mlflow/entrypoint.sh", '  0.0.0.0) hosts+=(', '  0.0.0.0.x) hosts+=(')
+    assert_reports(run(root, "wiring"), "with BIND_HOST=0.0.0.0 a browser on the LAN")
+    (root / "dockerfiles/mlflow/entrypoint.sh").unlink()
+    assert_reports(run(root, "wiring"),
+                   "no --allowed-hosts and no dockerfiles/mlflow/entrypoint.sh")
+
+
+def test_root_job_with_extra_capabilities_is_caught(project):
+    root, break_it = project
+    break_it("docker-compose.yaml", "cap_add: [CHOWN, DAC_OVERRIDE, FOWNER, SETUID, SETGID]",
+             "cap_add: [CHOWN, SYS_ADMIN]")
+    break_it("docker-compose.yaml", '  fastapi:\n    build:',
+             '  fastapi:\n    user: "0:0"\n    build:')
+    assert_reports(run(root, "hardening"), "`airflow-init`: runs as root with extra capabilities "
+                   "SYS_ADMIN", "service `fastapi`: runs as root (user: 0:0)")
 
 
 def test_misspelt_airflow_option_is_caught(project):

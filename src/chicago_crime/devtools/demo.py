@@ -133,25 +133,28 @@ AIRFLOW_ADMIN_PASSWORD)  DAGs {ETL_DAG}, {TRAIN_DAG}
  MLflow     http://127.0.0.1:{settings.mlflow_port}   (login {settings.mlflow_admin_username} / \
 MLFLOW_ADMIN_PASSWORD)  experiments '{settings.etl_experiment}', \
 '{settings.search_experiment}', model '{settings.model_name}' (alias {settings.champion_alias})
- Data lake  {settings.aws_endpoint_url_s3}  bucket '{settings.data_repo_bucket_name}' \
-(key {settings.aws_access_key_id} / AWS_SECRET_ACCESS_KEY)
- Model API  {settings.api_url}/docs
+ Data lake  http://127.0.0.1:{settings.minio_port}  bucket '{settings.data_repo_bucket_name}' \
+(key {settings.aws_access_key_id} / AWS_SECRET_ACCESS_KEY); \
+web UI http://127.0.0.1:{settings.minio_port_ui}
+ Model API  http://127.0.0.1:{settings.fastapi_port}/docs
  Passwords  in .env (mode 600; never printed), e.g. `grep AIRFLOW_ADMIN_PASSWORD .env`
 
  Try it:
-   curl -s -X POST {settings.api_url}/predict -H 'Content-Type: application/json' \\
+   curl -s -X POST http://127.0.0.1:{settings.fastapi_port}/predict \
+-H 'Content-Type: application/json' \\
      -d '{body}'
 
- Stop the platform with `make local-down` (data kept) or `make local-wipe` (data deleted).
+ Stop the platform: `make local-down` / `make down` (Compose); data is kept.
 ==========================================================================================
 """, flush=True)
 
 
-def run_demo(month: str, settings: Settings | None = None) -> dict[str, Any]:
+def run_demo(month: str, settings: Settings | None = None,
+             airflow_url: str | None = None) -> dict[str, Any]:
     """The whole journey; returns the served model's description."""
     settings = settings or get_settings()
     started = time.monotonic()
-    af = connect(settings)
+    af = connect(settings, base_url=airflow_url)
     for dag_id in (ETL_DAG, TRAIN_DAG):
         wait_for_dag(af, dag_id)
     # train_model first: it follows the ETL through the asset
@@ -168,10 +171,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--month", default="", help="YYYY-MM (default: newest available)")
     parser.add_argument("--data", default="", help="folder of portal exports being replayed")
+    parser.add_argument("--airflow-url", default=None,
+                        help="Airflow's REST API (default http://BIND_HOST:AIRFLOW_PORT; "
+                             "make demo-compose runs the demo inside the api-server container)")
     args = parser.parse_args(argv)
     month = args.month or default_month(args.data or None)
     try:
-        run_demo(month)
+        run_demo(month, airflow_url=args.airflow_url)
     except (ApiException, RuntimeError) as exc:  # AirflowError is one
         print(f"demo failed: {exc}", file=sys.stderr)
         return 1

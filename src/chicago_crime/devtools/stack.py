@@ -493,10 +493,14 @@ def programs(settings: Settings, replay_dir: str | None, account: Account,
         f" -volume.port={s.seaweedfs_volume_port}"
         f" -volume.port.grpc={s.seaweedfs_volume_grpc_port}"
         f" -filer.port={s.seaweedfs_filer_port} -filer.port.grpc={s.seaweedfs_filer_grpc_port}"
-        f" -admin.port={s.seaweedfs_admin_port}"
+        # The lake's web UI (SeaweedFS admin UI, where Compose has the MinIO console) on
+        # MINIO_PORT_UI; its login (the S3 admin's keys) in an options file, not on argv.
+        f" -admin.ui=true -admin.port={s.minio_port_ui}"
+        f" -admin.port.grpc={s.seaweedfs_admin_port + 10000}"
+        f" -options={s3_dir / 'admin.options'}"
         f" -filer.localSocket={s3_dir / 'run' / 'filer.sock'}"
         f" -s3.localSocket={s3_dir / 'run' / 's3.sock'}"
-        " -s3.port.iceberg=0 -s3.port.lance=0 -webdav=false -admin.ui=false"
+        " -s3.port.iceberg=0 -s3.port.lance=0 -webdav=false"
         " -master.telemetry=false -s3.allowDeleteBucketNotEmpty=false"
     )
     progs = [
@@ -508,7 +512,8 @@ def programs(settings: Settings, replay_dir: str | None, account: Account,
                 autostart=True, user=user, startsecs=2,
                 digest=_file_digest(STATE / "redis" / "redis.conf")),
         Program("s3", weed, autostart=True, user=user, directory=s3_dir,
-                digest=_file_digest(s3_dir / "identities.json", s3_dir / "security.toml")),
+                digest=_file_digest(s3_dir / "identities.json", s3_dir / "security.toml",
+                                   s3_dir / "admin.options")),
         Program("mlflow", _launched("mlflow", f"{b / 'mlflow'} server --app-name basic-auth"
                                     f" --host {s.bind_host} --port {s.mlflow_port}"
                                     f" --artifacts-destination s3://{s.mlflow_bucket_name}"
@@ -932,6 +937,10 @@ def _write_service_configs(settings: Settings, account: Account) -> None:
     except ValueError as exc:
         raise StackError(str(exc)) from None
     _write_private(s3 / "identities.json", json.dumps(identities, indent=2), account)
+    # The lake's web UI asks for the S3 admin's keys (a person sees every bucket there).
+    _write_private(s3 / "admin.options",
+                   f"admin.user={settings.s3_admin_access_key_id}\n"
+                   f"admin.password={_secret(settings.s3_admin_secret_access_key)}\n", account)
     keys = hardening.internal_keys(SVC / "internal-keys.json", SEAWEEDFS_KEYS)
     _own(SVC / "internal-keys.json", account, 0o600)
     certs = hardening.seaweedfs_certificates(s3 / "certs")
@@ -1040,7 +1049,7 @@ def _all_ports(settings: Settings) -> list[int]:
     return [s.pg_port, s.valkey_port, s.minio_port, s.seaweedfs_master_port,
             s.seaweedfs_master_grpc_port, s.seaweedfs_volume_port, s.seaweedfs_volume_grpc_port,
             s.seaweedfs_filer_port, s.seaweedfs_filer_grpc_port, s.seaweedfs_s3_grpc_port,
-            s.seaweedfs_admin_port, s.seaweedfs_admin_port + 10000, s.mlflow_port,
+            s.minio_port_ui, s.seaweedfs_admin_port + 10000, s.mlflow_port,
             s.airflow_port, s.airflow_scheduler_health_port, s.fastapi_port, s.replay_port]
 
 
@@ -1170,6 +1179,7 @@ def print_urls(settings: Settings, replay_dir: str | None) -> None:
   Airflow UI      http://{h}:{s.airflow_port}   login {s.airflow_admin_user} / AIRFLOW_ADMIN_PASSWORD
   MLflow UI       http://{h}:{s.mlflow_port}   login {s.mlflow_admin_username} / MLFLOW_ADMIN_PASSWORD
   S3 (lake)       http://{h}:{s.minio_port}   key {s.aws_access_key_id} / AWS_SECRET_ACCESS_KEY   buckets {s.data_repo_bucket_name}, {s.mlflow_bucket_name}
+  Lake web UI     http://{h}:{s.minio_port_ui}   SeaweedFS admin UI, login {s.s3_admin_access_key_id} / S3_ADMIN_SECRET_ACCESS_KEY
   Model API       http://{h}:{s.fastapi_port}/docs   ({api_detail}); reload key API_KEY
   PostgreSQL      {h}:{s.pg_port}   user {s.pg_user} / PG_PASSWORD   databases {s.pg_airflow_db}, {s.pg_mlflow_db}
   Broker (redis)  {h}:{s.valkey_port}   password VALKEY_PASSWORD

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Entrypoint of the MLflow image: the hosts and browser origins the server accepts follow the
+# configuration. `mlflow server` answers 403 to a request whose Host header is not allowed
+# ("Invalid Host header", DNS-rebinding protection) and to a state-changing API call from a
+# browser origin that is not allowed (the UI's run search is a POST), so remote access needs both.
+# Allowed:
+# - always: the in-network name (mlflow, mlflow:<port>) and loopback (localhost, 127.0.0.1);
+# - BIND_HOST=0.0.0.0 (ports open to the network): private-network addresses (MLflow's own
+#   default list: 10.*, 172.16-31.*, 192.168.*), so http://<server's LAN IP>:<MLFLOW_PORT> works;
+# - BIND_HOST=<one address>: that address;
+# - MLFLOW_ALLOWED_HOSTS: more names or patterns, comma-separated (a DNS name, a public IP, or *).
+# Added as --allowed-hosts / --cors-allowed-origins to `mlflow server` unless the command sets them.
+set -euo pipefail
+
+hosts=(mlflow localhost 127.0.0.1)
+case "${BIND_HOST:-127.0.0.1}" in
+  127.*|localhost) ;;
+  0.0.0.0) hosts+=("10.*" "192.168.*" "172.1[6-9].*" "172.2[0-9].*" "172.3[01].*") ;;
+  *) hosts+=("${BIND_HOST}") ;;
+esac
+if [[ -n "${MLFLOW_ALLOWED_HOSTS:-}" ]]; then
+  IFS=, read -r -a extra <<<"${MLFLOW_ALLOWED_HOSTS}"
+  hosts+=("${extra[@]}")
+fi
+
+allowed="" origins=""
+for h in "${hosts[@]}"; do
+  h="${h// /}"
+  [[ -n "${h}" ]] || continue
+  if [[ "${h}" == "*" ]]; then
+    allowed+=",*" origins+=",*"
+    continue
+  fi
+  allowed+=",${h},${h}:*"
+  origins+=",http://${h},http://${h}:*,https://${h},https://${h}:*"
+done
+
+if [[ "${1:-}" == "mlflow" && "${2:-}" == "server" ]]; then
+  args=" $* "
+  [[ "${args}" == *" --allowed-hosts"* ]] || set -- "$@" "--allowed-hosts=${allowed#,}"
+  [[ "${args}" == *" --cors-allowed-origins"* ]] || set -- "$@" "--cors-allowed-origins=${origins#,}"
+fi
+exec "$@"
