@@ -312,6 +312,18 @@ def cpython_tar(dest: Path) -> str:
     return sys.version.split()[0]
 
 
+def constraints_from_lock(lock: Path, out: Path) -> Path:
+    """``name==version`` lines of a hashed lock: pip refuses extras and hashes in a constraints
+    file, and the stand-ins install the official images' packages at the lock's versions."""
+    pins = [re.sub(r"\[[^]]*\]", "", line.split()[0]) for line in lock.read_text().splitlines()
+            if re.match(r"^[A-Za-z0-9][^ ]*==", line)]
+    text = "\n".join(pins) + "\n"
+    if not out.exists() or out.read_text() != text:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+    return out
+
+
 def _standin_context(kind: str, extra: dict[str, Path] | None = None) -> Path:
     ctx = HOME / "contexts" / kind
     ctx.mkdir(parents=True, exist_ok=True)
@@ -377,7 +389,7 @@ def standins(project: Any) -> None:
             raise BuildError(f"no stand-in for image {image} (registries are unreachable here): "
                              f"add one under scripts/compose_test/standins/ and to STANDIN_FOR")
         by_kind.setdefault(kind, []).append(image)
-    lock = REPO / "requirements.lock"
+    lock = constraints_from_lock(REPO / "requirements.lock", HOME / "constraints.txt")
     debian_base()
     # python (with postgres and valkey beside it) first: airflow and minio are built on it.
     python_tags = by_kind.get("python") or ["localhost/python:3.11-standin"]
