@@ -954,6 +954,16 @@ def check_hardening(p: Project) -> Problems:
             for ins, tokens in pip_installs(instructions):
                 if any("airflow" in t.lower() for t in tokens):
                     problems.append(f"{rel}:{ins.line}: the API image must not install Airflow")
+            # What it installs comes from the locks it copies in: none may carry Airflow.
+            for ins in instructions:
+                if ins.keyword != "COPY":
+                    continue
+                for src in [a for a in ins.args.split() if not a.startswith("--")][:-1]:
+                    lock = context / src
+                    if src.endswith(".lock") and lock.is_file() and re.search(
+                            r"^apache-airflow\b", lock.read_text(encoding="utf-8"), re.M):
+                        problems.append(f"{rel}:{ins.line}: the API image must not install "
+                                        f"Airflow ({src} pins apache-airflow)")
     return problems
 
 

@@ -158,12 +158,13 @@ def test_fast_path_skips_samplers_and_averages_calibrated_classifiers(real, meth
     assert [type(t).__name__ for t in transformers] == [
         "WhenFeatures", "TypeRateEncoder", "RecordScaler"]
     assert final is model[-1]
-    assert max_path_difference(model, records) <= 1e-12
+    # the two paths sum in different orders: equal to float precision, not bit for bit
+    assert max_path_difference(model, records) <= 1e-9
     # one record at a time too (the single /predict case)
     fast = RecordPredictor(model)
     singles = [fast.predict_proba_records([r])[0] for r in records[:50]]
     np.testing.assert_allclose(
-        singles, model.predict_proba(model_frame(records[:50]))[:, 1], atol=1e-12
+        singles, model.predict_proba(model_frame(records[:50]))[:, 1], atol=1e-9
     )
 
 

@@ -21,7 +21,6 @@ from test_serve import fit_toy_model, portal_records
 from chicago_crime.config import load_settings
 from chicago_crime.model.predict import make_predictor
 from chicago_crime.model.registry import ModelCard
-from chicago_crime.portal import crimes_export_path, read_export, to_soda_json
 from chicago_crime.serve import deps
 from chicago_crime.serve.app import MAX_ERRORS, create_app
 from chicago_crime.serve.limits import RECORD_JSON_BYTES, allowed_hosts, batch_body_limit
@@ -177,15 +176,6 @@ def test_allowed_hosts_come_from_the_configuration() -> None:
 
 
 # -- B: body size ---------------------------------------------------------------------------------
-def test_the_record_bound_holds_for_real_portal_records(shared_data: Path) -> None:
-    largest = 0
-    for month in ("2017-01", "2017-07", "2018-06"):
-        records = json.loads(to_soda_json(read_export(crimes_export_path(shared_data, month))))
-        largest = max(largest, *(len(json.dumps(r, indent=2).encode()) for r in records))
-    print(f"largest real record: {largest} bytes indented; bound {RECORD_JSON_BYTES}")
-    assert largest < RECORD_JSON_BYTES < 2 * largest
-
-
 def test_the_largest_legal_batch_passes_and_more_is_refused_while_streaming(toy) -> None:
     settings = settings_for(max_batch_records=100)
     limit = batch_body_limit(settings)
