@@ -321,3 +321,31 @@ def test_a_version_without_a_card_reads_back_empty(reg: dict[str, Any]) -> None:
     card = registry.card(reg["client"], reg["name"], CHAMPION)
     assert card is not None and card.version == "1"
     assert card.threshold is None and card.features == () and card.metrics == {}
+
+
+class _DeniedClient:
+    """An MLflow client signed in with an account that has no grant on the model: the server
+    answers 403 for its alias, whether or not the model exists."""
+
+    def __init__(self, visible: list[str]) -> None:
+        self.visible = visible
+
+    def get_model_version_by_alias(self, name: str, alias: str) -> None:
+        from mlflow.exceptions import MlflowException
+
+        raise MlflowException("API request to endpoint /api/2.0/mlflow/registered-models/alias "
+                              "failed with error code 403 != 200. Response body: "
+                              "'Permission denied'")
+
+    def search_registered_models(self, filter_string: str, max_results: int) -> list[str]:
+        return [n for n in self.visible if f"'{n}'" in filter_string][:max_results]
+
+
+def test_a_403_for_a_model_nobody_registered_means_no_champion_yet() -> None:
+    from mlflow.exceptions import MlflowException
+
+    from chicago_crime.model import registry
+
+    assert registry.version_by_alias(_DeniedClient([]), "fresh", "champion") is None
+    with pytest.raises(MlflowException, match="403"):  # it exists: a real permission problem
+        registry.version_by_alias(_DeniedClient(["fresh"]), "fresh", "champion")

@@ -171,7 +171,18 @@ def version_by_alias(client: Any, name: str, alias: str) -> Any | None:
     except MlflowException as exc:
         if is_not_found(exc):
             return None
+        # MLflow's auth answers 403 (not 404) when an account without a grant on it asks for a
+        # model that does not exist yet (a fresh platform before its first training): a model
+        # this account cannot even list is, for it, not registered.
+        if _permission_denied(exc) and not client.search_registered_models(
+                filter_string=f"name = '{name}'", max_results=1):
+            return None
         raise
+
+
+def _permission_denied(exc: BaseException) -> bool:
+    return (getattr(exc, "error_code", "") == "PERMISSION_DENIED"
+            or "error code 403" in str(exc))
 
 
 def card(client: Any, name: str, alias: str) -> ModelCard | None:
