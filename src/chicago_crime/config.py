@@ -10,10 +10,9 @@ import ipaddress
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
-from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -190,18 +189,28 @@ class Settings(BaseSettings):
     api_queue_seconds: float = Field(default=5.0, ge=0)
     api_request_timeout_seconds: float = Field(default=30.0, gt=0)
 
-    @field_validator(*EXPOSED_SECRETS, mode="after")
-    @classmethod
-    def _no_default_when_exposed(cls, value: Any, info: ValidationInfo) -> Any:
-        """Beyond loopback, a well-known (or empty) password would let anyone in: refuse it."""
-        host = str(info.data.get("bind_host", "127.0.0.1"))
-        if is_loopback(host):
-            return value
-        secret = value.get_secret_value() if isinstance(value, SecretStr) else (value or "")
-        if secret.strip().lower() in WELL_KNOWN_PASSWORDS:
-            raise ValueError(f"empty or a well-known default while BIND_HOST={host} exposes the "
-                             "platform: generate it (make install) or set a strong value in .env")
-        return value
+    @model_validator(mode="after")
+    def _no_default_when_exposed(self) -> Settings:
+        """Beyond loopback, a well-known (or empty) password would let anyone in: refuse it.
+
+        Only the secrets this process was given are checked: each service gets the ones it uses
+        (the model server holds no database or S3 password), and an unset one is never used.
+        """
+        if is_loopback(self.bind_host):
+            return self
+        weak = []
+        for name in EXPOSED_SECRETS:
+            if name not in self.model_fields_set:
+                continue
+            value = getattr(self, name)
+            secret = value.get_secret_value() if isinstance(value, SecretStr) else (value or "")
+            if secret.strip().lower() in WELL_KNOWN_PASSWORDS:
+                weak.append(name.upper())
+        if weak:
+            raise ValueError(f"{', '.join(weak)}: empty or a well-known default while "
+                             f"BIND_HOST={self.bind_host} exposes the platform: generate it "
+                             "(make install) or set a strong value in .env")
+        return self
 
     def mlflow_client_env(self) -> dict[str, str]:
         """MLflow's own client variables for this configuration (its client reads only
@@ -250,8 +259,8 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            name = str(err["loc"][0]).upper() if err["loc"] else "?"
-            problems.append(f"{name}: {err['msg']}")
+            name = str(err["loc"][0]).upper() if err["loc"] else ""
+            problems.append(f"{name}: {err['msg']}" if name else err["msg"])
         raise ConfigError(
             "invalid configuration (set these environment variables or add them to .env): "
             + "; ".join(problems)
