@@ -32,23 +32,25 @@ MONTH = "2018-06"
 
 FRESH_PROCESS = """
 import json, os, sys
-import mlflow.sklearn
-import pandas as pd
-os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "true"
-uri, records_path = sys.argv[1], sys.argv[2]
-mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
-model = mlflow.sklearn.load_model(uri)
+from chicago_crime.model import registry
+from chicago_crime.record import model_frame
+name, version, records_path = sys.argv[1:4]
+model = registry.load_version(name, version, os.environ["MLFLOW_TRACKING_URI"])
 records = json.load(open(records_path))
-print(json.dumps(model.predict_proba(pd.DataFrame(records))[:, 1].tolist()))
+print(json.dumps(model.predict_proba(model_frame(records))[:, 1].tolist()))
 """
 
 
 @pytest.fixture(scope="module")
 def trained(stack_settings: Any, shared_data: Path) -> Iterator[dict[str, Any]]:
     tag = uuid.uuid4().hex[:8]
+    # The platform's S3 identity is limited to its own bucket: a throwaway bucket is the S3
+    # admin's (as the stack creates the platform's buckets).
     settings = stack_settings.model_copy(update={
         "data_repo_bucket_name": f"it-train-{tag}", "model_name": f"it_train_{tag}",
         "search_experiment": "integration_train_search",
+        "aws_access_key_id": stack_settings.s3_admin_access_key_id,
+        "aws_secret_access_key": stack_settings.s3_admin_secret_access_key,
     })
     lake = Lake(settings=settings)
     lake.ensure_bucket()
@@ -91,8 +93,9 @@ def test_fresh_process_reproduces_the_trainers_probabilities(trained: dict[str, 
     records_path = tmp_path / "records.json"
     records_path.write_text(json.dumps(check["records"]))
     env = {**os.environ, "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri}
-    out = subprocess.run(
-        [sys.executable, "-c", FRESH_PROCESS, f"models:/{settings.model_name}@champion",
+    champion = trained["client"].get_model_version_by_alias(settings.model_name, "champion")
+    out = subprocess.run(  # the package's loader: skops, trusted types, its serving check
+        [sys.executable, "-c", FRESH_PROCESS, settings.model_name, str(champion.version),
          str(records_path)],
         capture_output=True, text=True, env=env, timeout=300, check=False)
     assert out.returncode == 0, out.stderr[-3000:]
