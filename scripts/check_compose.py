@@ -777,7 +777,10 @@ def mlflow_allowed_hosts(p: Project, command: list[str], env: dict[str, str]) ->
         fake = Path(tmp) / "mlflow"
         fake.write_text('#!/bin/sh\nfor a; do echo "$a"; done\n')
         fake.chmod(0o755)
-        run_env = {"PATH": f"{tmp}:/usr/bin:/bin", **env}
+        # the accounts writer needs the database: a no-op python stands in for it here
+        (Path(tmp) / "python").write_text("#!/bin/sh\nexit 0\n")
+        (Path(tmp) / "python").chmod(0o755)
+        run_env = {"PATH": f"{tmp}:/usr/bin:/bin", **env, "HOME": tmp}
         proc = subprocess.run(["bash", str(script), "mlflow", "server", *command[2:]],
                               capture_output=True, text=True, env=run_env, timeout=30,
                               check=False)

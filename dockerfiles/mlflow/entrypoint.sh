@@ -10,7 +10,30 @@
 # - BIND_HOST=<one address>: that address;
 # - MLFLOW_ALLOWED_HOSTS: more names or patterns, comma-separated (a DNS name, a public IP, or *).
 # Added as --allowed-hosts / --cors-allowed-origins to `mlflow server` unless the command sets them.
+#
+# Authentication: with MLFLOW_AUTH_DATABASE_URI set, the server runs MLflow's basic-auth app
+# (--app-name basic-auth). Its configuration file (the auth database's URI, so mode 600, in the
+# container's home) is written here, and the accounts of .env (admin, the platform's, the model
+# server's read-only one) are written into the user store before the server starts
+# (mlflow-accounts.py, the same code the native stack runs): no default admin ever exists.
 set -euo pipefail
+
+if [[ "${1:-}" == "mlflow" && "${2:-}" == "server" && -n "${MLFLOW_AUTH_DATABASE_URI:-}" ]]; then
+  export MLFLOW_AUTH_CONFIG_PATH="${HOME:-/home/mlflow}/basic_auth.ini"
+  (
+    umask 077
+    cat >"${MLFLOW_AUTH_CONFIG_PATH}" <<INI
+[mlflow]
+default_permission = READ
+database_uri = ${MLFLOW_AUTH_DATABASE_URI//%/%%}
+admin_username = ${MLFLOW_ADMIN_USERNAME:?MLFLOW_ADMIN_USERNAME is empty}
+authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+auth_cache_ttl_seconds = 300
+INI
+  )
+  python /usr/local/lib/mlflow-accounts.py
+  [[ " $* " == *" --app-name"* ]] || set -- "$@" "--app-name=basic-auth"
+fi
 
 hosts=(mlflow localhost 127.0.0.1)
 case "${BIND_HOST:-127.0.0.1}" in

@@ -304,7 +304,10 @@ def journey(compose: Compose, ports: hostnet.PortMap, env: dict[str, str], month
         say(f"make champion (in the airflow-worker container): version {model.get('version')}")
 
     with phase("journey: MLflow from the LAN (BIND_HOST=0.0.0.0), not from elsewhere", timings):
-        check_mlflow_hosts(ports)
+        check_mlflow_hosts(ports, env)
+
+    with phase("hostile: MLflow refuses anonymous and read-only writes", timings):
+        check_mlflow_auth(ports, env, model)
 
     with phase("journey: JupyterLab behind its token", timings):
         jupyter = ports.url("jupyter", 8888)
@@ -369,21 +372,46 @@ def check_lake(ports: hostnet.PortMap, env: dict[str, str], month: str) -> None:
         f"expected for {month}; bucket {env['MLFLOW_BUCKET_NAME']}: artifacts present")
 
 
-def check_mlflow_hosts(ports: hostnet.PortMap) -> None:
+def check_mlflow_hosts(ports: hostnet.PortMap, env: dict[str, str]) -> None:
     """What a browser on the LAN sends (Host + Origin of the server's LAN address) is accepted;
     another host name or origin (DNS rebinding, a foreign page) is refused."""
     url = f"{ports.url('mlflow', 5000)}/ajax-api/2.0/mlflow/experiments/search"
     lan = "192.168.10.20:5001"
+    login = (env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"])
     cases = [
         ({"Host": lan, "Origin": f"http://{lan}"}, 200, "a browser on the LAN"),
         ({"Host": "attacker.example:5001"}, 403, "another host name"),
         ({"Host": lan, "Origin": "http://attacker.example"}, 403, "a foreign page's origin"),
     ]
     for headers, want, who in cases:
-        got = requests.post(url, json={"max_results": 5}, headers=headers, timeout=30).status_code
+        got = requests.post(url, json={"max_results": 5}, headers=headers, auth=login,
+                            timeout=30).status_code
         if got != want:
             raise JourneyError(f"MLflow answered {got} to {who} ({headers}); expected {want}")
     say("MLflow: LAN browser 200, other host 403, foreign origin 403")
+
+
+def check_mlflow_auth(ports: hostnet.PortMap, env: dict[str, str], model: dict[str, Any]) -> None:
+    """The security suite's MLflow points, on the Compose stack: no anonymous write (the
+    review's repro), no default login, the model server's account cannot move the alias."""
+    api = f"{ports.url('mlflow', 5000)}/api/2.0/mlflow"
+    name = f"hostile-{os.getpid()}"
+    anonymous = requests.post(f"{api}/registered-models/create", json={"name": name}, timeout=30)
+    default = requests.post(f"{api}/registered-models/create", json={"name": name},
+                            auth=("admin", "password1234"), timeout=30)
+    serving = (env["MLFLOW_SERVING_USERNAME"], env["MLFLOW_SERVING_PASSWORD"])
+    alias = requests.post(f"{api}/registered-models/alias", auth=serving, timeout=30, json={
+        "name": model["name"], "alias": "champion", "version": str(model["version"])})
+    read = requests.get(f"{api}/registered-models/get", params={"name": model["name"]},
+                        auth=serving, timeout=30)
+    got = (anonymous.status_code, default.status_code, alias.status_code, read.status_code)
+    if got != (401, 401, 403, 200):
+        raise JourneyError(f"MLflow auth: anonymous create -> {got[0]} (want 401), MLflow's "
+                           f"default admin login -> {got[1]} (want 401), the model server's "
+                           f"account moving the alias -> {got[2]} (want 403), reading -> "
+                           f"{got[3]} (want 200)")
+    say("MLflow: anonymous write 401, default login 401, read-only account cannot move the "
+        "alias (403) but reads (200)")
 
 
 # --- main --------------------------------------------------------------------------------------

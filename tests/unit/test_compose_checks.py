@@ -141,8 +141,8 @@ def test_airflow_components_need_the_whole_contract(project):
 def test_loopback_value_inside_a_container_is_caught(project):
     root, break_it = project
     break_it("docker-compose.yaml",
-             "      MLFLOW_TRACKING_URI: http://mlflow:5000\n      MODEL_NAME",
-             "      MLFLOW_TRACKING_URI: ${MLFLOW_TRACKING_URI}\n      MODEL_NAME")
+             "      MLFLOW_TRACKING_URI: http://mlflow:5000\n      # the model server reads",
+             "      MLFLOW_TRACKING_URI: ${MLFLOW_TRACKING_URI}\n      # the model server reads")
     assert_reports(run(root, "settings-env"),
                    "service `fastapi`: MLFLOW_TRACKING_URI=http://127.0.0.1:5001 points at the "
                    "container itself")
@@ -249,7 +249,7 @@ def test_airflow_base_image_must_match_the_lock(project):
 def test_image_locks_must_match_the_lock_and_carry_hashes(project):
     root, break_it = project
     lock = "dockerfiles/mlflow/requirements.lock"
-    break_it(lock, "mlflow==3.17.2 \\", "mlflow==3.18.0 \\")
+    break_it(lock, "mlflow[auth]==3.17.2 \\", "mlflow[auth]==3.18.0 \\")
     break_it(lock, "boto3==1.44.8 \\", "boto3==1.44.8")
     assert_reports(run(root, "lock-versions"),
                    f"{lock} pins mlflow==3.18.0 but requirements.lock has mlflow==3.17.2",

@@ -28,10 +28,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from chicago_crime.config import Settings
 
-#: MLflow's permission for the platform's own account on every experiment and model: it logs
-#: runs, registers versions and moves aliases, but cannot delete what it did not create.
-PLATFORM_PERMISSION = "EDIT"
-SERVING_PERMISSION = "READ"
+from chicago_crime.devtools.mlflow_accounts import PLATFORM_PERMISSION, SERVING_PERMISSION
+from chicago_crime.devtools.mlflow_accounts import sync as _sync_accounts
 
 
 def _secret(value: object) -> str:
@@ -254,29 +252,4 @@ def sync_mlflow_accounts(settings: Settings, database_uri: str) -> list[str]:
     Runs before the MLflow server starts (the store's own migrations create its tables), so the
     server never bootstraps an admin from a default and a password changed in ``.env`` wins.
     """
-    import warnings
-
-    with warnings.catch_warnings():  # MLflow's server modules warn about starlette internals
-        warnings.simplefilter("ignore")
-        from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
-
-    store = SqlAlchemyStore()
-    store.init_db(database_uri)
-    changed = []
-    try:
-        for user, password, admin, permission in mlflow_accounts(settings):
-            if not store.has_user(user, use_primary=True):
-                store.create_user(user, password, is_admin=admin)
-                changed.append(f"created {user}")
-            else:
-                current = store.get_user(user)
-                good = store.authenticate_user(user, password, use_primary=True)
-                if not good or current.is_admin != admin:
-                    store.update_user(user, password=password, is_admin=admin)
-                    changed.append(f"updated {user}")
-            if permission:
-                for resource in ("experiment", "registered_model"):
-                    store.grant_user_permission(user, resource, "*", permission)
-    finally:
-        store.engine.dispose()
-    return changed
+    return _sync_accounts(database_uri, mlflow_accounts(settings))
