@@ -92,6 +92,15 @@ HOST_ONLY_SETTINGS = {
     "bind_host", "minio_port", "minio_port_ui", "mlflow_port", "airflow_port", "fastapi_port",
 }
 # Settings whose value names a host: containers must get the in-network value, never loopback.
+#: A value that deliberately grants nothing (the model server's S3 keys: it reads models through
+#: MLflow) may differ from .env.
+NO_ACCESS_PREFIX = "none-"
+
+
+def _mask(value: str) -> str:
+    return f"<secret, {len(value)} chars>" if value else value
+
+
 IN_NETWORK_SETTINGS = {
     "pg_host", "pg_port", "valkey_host", "valkey_port", "aws_endpoint_url_s3",
     "mlflow_tracking_uri", "mlflow_s3_endpoint_url", "api_url",
@@ -674,9 +683,13 @@ def check_settings_env(p: Project) -> Problems:
                 if _is_loopback(env[var]):
                     problems.append(f"service `{name}`: {var}={env[var]} points at the "
                                     f"container itself; use the service name (e.g. minio, mlflow)")
-            elif var in p.effective_env and env[var] != p.effective_env[var]:
-                problems.append(f"service `{name}`: {var}={env[var]!r} differs from .env "
-                                f"({p.effective_env[var]!r}); use ${{{var}}}")
+            elif var in p.effective_env and env[var] != p.effective_env[var] \
+                    and not env[var].startswith(NO_ACCESS_PREFIX):
+                shown, wanted_value = env[var], p.effective_env[var]
+                if _SECRET_WORDS.search(var):  # never print a secret
+                    shown, wanted_value = _mask(shown), _mask(wanted_value)
+                problems.append(f"service `{name}`: {var}={shown!r} differs from .env "
+                                f"({wanted_value!r}); use ${{{var}}}")
         for var in sorted(env):
             if var.startswith(PROJECT_PREFIXES) and var.lower() not in fields:
                 problems.append(f"service `{name}`: {var} looks like a project setting but "

@@ -141,8 +141,8 @@ def test_airflow_components_need_the_whole_contract(project):
 def test_loopback_value_inside_a_container_is_caught(project):
     root, break_it = project
     break_it("docker-compose.yaml",
-             "      MLFLOW_TRACKING_URI: http://mlflow:5000\n      # the model server reads",
-             "      MLFLOW_TRACKING_URI: ${MLFLOW_TRACKING_URI}\n      # the model server reads")
+             "      MLFLOW_TRACKING_URI: http://mlflow:5000\n      # Models come",
+             "      MLFLOW_TRACKING_URI: ${MLFLOW_TRACKING_URI}\n      # Models come")
     assert_reports(run(root, "settings-env"),
                    "service `fastapi`: MLFLOW_TRACKING_URI=http://127.0.0.1:5001 points at the "
                    "container itself")

@@ -6,6 +6,7 @@ them, and failures are reported with what broke. No engine needed (Compose's ``c
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -79,7 +80,9 @@ def test_every_listening_port_moves_to_the_block(merged):
     assert "--artifacts-destination=s3://mlflow" in s["mlflow"]["command"]
     assert s["fastapi"]["command"][-4:] == ["--port", "47107", "--workers", "1"]
     worker = s["airflow-worker"]["environment"]
-    assert worker["AIRFLOW__CELERY__BROKER_URL"] == "redis://127.0.0.1:47101/0"
+    # the password stays, the host and port move
+    assert re.fullmatch(r"redis://:[^@]+@127\.0\.0\.1:47101/0",
+                        worker["AIRFLOW__CELERY__BROKER_URL"])
     assert worker["PG_HOST"] == "127.0.0.1" and worker["PG_PORT"] == "47100"
     assert worker["AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT"] == "47105"
     assert worker["SOCRATA_BASE_URL"] == "http://127.0.0.1:47108"
