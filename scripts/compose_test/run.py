@@ -31,6 +31,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -309,6 +310,9 @@ def journey(compose: Compose, ports: hostnet.PortMap, env: dict[str, str], month
     with phase("hostile: MLflow refuses anonymous and read-only writes", timings):
         check_mlflow_auth(ports, env, model)
 
+    with phase("hostile: the broker and the database without their passwords", timings):
+        check_store_locks(compose, ports, env)
+
     with phase("journey: JupyterLab behind its token", timings):
         jupyter = ports.url("jupyter", 8888)
         token = env["JUPYTER_TOKEN"]
@@ -412,6 +416,25 @@ def check_mlflow_auth(ports: hostnet.PortMap, env: dict[str, str], model: dict[s
                            f"{got[3]} (want 200)")
     say("MLflow: anonymous write 401, default login 401, read-only account cannot move the "
         "alias (403) but reads (200)")
+
+
+def check_store_locks(compose: Compose, ports: hostnet.PortMap, env: dict[str, str]) -> None:
+    """Valkey refuses a client without its password; the platform's database role is not a
+    superuser (the superuser is postgres, with its own password)."""
+    with socket.create_connection(("127.0.0.1", ports("valkey", 6379)), timeout=10) as conn:
+        conn.sendall(b"PING\r\n")
+        answer = conn.recv(200).decode(errors="replace").strip()
+    if not answer.startswith("-NOAUTH"):
+        raise JourneyError(f"Valkey answered {answer!r} to a client without its password "
+                           "(want -NOAUTH)")
+    query = "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
+    out = compose.run("exec", "-T", "postgres", "psql", "-U", env["PG_USER"], "-d",
+                      env["PG_AIRFLOW_DB"], "-tAc", query).stdout.strip()
+    if out != "f":
+        raise JourneyError(f"PostgreSQL: the platform's role {env['PG_USER']} is a superuser "
+                           f"({out!r}); it must not be")
+    say(f"Valkey: no password -> {answer.split()[0]}; PostgreSQL: {env['PG_USER']} is not a "
+        "superuser")
 
 
 # --- main --------------------------------------------------------------------------------------
