@@ -31,6 +31,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -463,6 +464,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profiles", default=",".join(PROFILES),
                         help="Compose profiles to start (comma-separated)")
     args = parser.parse_args(argv)
+    # SIGTERM (a CI timeout, kill) runs the same clean-up as a failure: down -v, then the engine
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     data = args.data.resolve()
     if not (data / "crimes").is_dir():
         print(f"error: {data} has no crimes/ folder of portal exports (--data)", file=sys.stderr)
@@ -501,6 +504,9 @@ def main(argv: list[str] | None = None) -> int:
         with phase(f"stack healthy (--profile {' --profile '.join(profiles)}, "
                    f"airflow-worker x{args.workers})", timings):
             started_stack = True
+            # what an interrupted earlier run left (containers, volumes) never leaks in
+            compose.run("--profile", "*", "down", "--volumes", "--remove-orphans", check=False,
+                        timeout=600)
             flags = [x for p in profiles for x in ("--profile", p)]
             scale = (["--scale", f"airflow-worker={args.workers}"]
                      if {"all", "airflow"} & set(profiles) else [])
