@@ -75,7 +75,8 @@ def test_a_pickled_champion_never_runs_and_the_previous_one_keeps_serving(s, cha
         info = mlflow.sklearn.log_model(Payload(str(marker)), name="model",
                                         serialization_format="cloudpickle", pip_requirements=[])
         mlflow.log_artifact(check)
-    crafted = client.create_model_version(name, info.model_uri, run_id=run.info.run_id).version
+    crafted = client.create_model_version(name, info.model_uri, run_id=run.info.run_id,
+                                          model_id=info.model_id).version
     headers = {"X-API-Key": key}
 
     def refused() -> bool:
