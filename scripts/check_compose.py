@@ -419,22 +419,28 @@ def _ignore_regex(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(out) + r"\Z")
 
 
-def dockerignore_rules(context: Path, dockerfile: Path) -> list[tuple[bool, re.Pattern[str]]]:
-    """Rules of ``<Dockerfile>.dockerignore`` (BuildKit) or ``<context>/.dockerignore``."""
+def dockerignore_patterns(context: Path, dockerfile: Path) -> list[tuple[bool, str]]:
+    """(negated, pattern) lines of ``<Dockerfile>.dockerignore`` (BuildKit) or
+    ``<context>/.dockerignore``."""
     path = dockerfile.with_name(dockerfile.name + ".dockerignore")
     if not path.is_file():
         path = context / ".dockerignore"
     if not path.is_file():
         return []
-    rules = []
+    patterns = []
     for line in path.read_text(encoding="utf-8").splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
             continue
         negate = line.startswith("!")
-        pattern = os.path.normpath(line.lstrip("!").strip()).lstrip("/")
-        rules.append((negate, _ignore_regex(pattern)))
-    return rules
+        patterns.append((negate, os.path.normpath(line.lstrip("!").strip()).lstrip("/")))
+    return patterns
+
+
+def dockerignore_rules(context: Path, dockerfile: Path) -> list[tuple[bool, re.Pattern[str]]]:
+    """:func:`dockerignore_patterns` compiled."""
+    return [(negate, _ignore_regex(pattern))
+            for negate, pattern in dockerignore_patterns(context, dockerfile)]
 
 
 def is_ignored(rel_path: str, rules: list[tuple[bool, re.Pattern[str]]]) -> bool:

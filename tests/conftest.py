@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -127,3 +128,15 @@ def stack_settings():
     from chicago_crime.config import load_settings
 
     return load_settings()
+
+
+@pytest.fixture(scope="module")
+def served_champion() -> dict[str, Any]:
+    """The champion the native stack's API serves (``GET /model``); on a fresh stack it is
+    trained first, the demo's way (ETL for 2018-06 through Airflow, then train_model)."""
+    from chicago_crime.devtools import demo, stack
+
+    settings = stack.stack_settings()
+    if stack.registry_champion(settings)[0] is not True:
+        demo.run_demo("2018-06", settings)
+    return demo.wait_for_champion(settings, timeout=600)

@@ -108,7 +108,8 @@ def hash_files(root: Path, files: Iterable[Path], extra: Iterable[str] = ()) -> 
 def context_files(context: Path) -> list[Path]:
     """Files of a build context that its ``.dockerignore`` lets through (what BuildKit sends)."""
     rules = cc.dockerignore_rules(context, context / "Dockerfile")
-    negated = [p for negate, p in _raw_rules(context) if negate]
+    negated = [p for negate, p in cc.dockerignore_patterns(context, context / "Dockerfile")
+               if negate]
     out: list[Path] = []
     for folder, dirs, files in os.walk(context):
         rel_dir = Path(folder).relative_to(context).as_posix()
@@ -127,18 +128,6 @@ def context_files(context: Path) -> list[Path]:
             if path.is_file() and not cc.is_ignored(rel, rules):
                 out.append(path)
     return out
-
-
-def _raw_rules(context: Path) -> list[tuple[bool, str]]:
-    path = context / ".dockerignore"
-    if not path.is_file():
-        return []
-    rules = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            rules.append((line.startswith("!"), line.lstrip("!").strip().lstrip("/")))
-    return rules
 
 
 # --- building ----------------------------------------------------------------------------------

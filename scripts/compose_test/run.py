@@ -44,6 +44,7 @@ from typing import Any
 
 import requests
 
+from chicago_crime.devtools.demo import EXAMPLE_RECORD as RECORD  # a real 2018-06 record
 from chicago_crime.stages import STAGES
 
 HERE = Path(__file__).resolve().parent
@@ -60,15 +61,6 @@ ETL_DAG, TRAIN_DAG = "etl_with_taskflow", "train_model"
 # The DAG's tasks: ingestion, one task per row of the stage table, publication.
 ETL_TASKS = ("setup_s3", "download_data", "build_window", *(s.task_id for s in STAGES),
              "publish_dataset")
-# A real record of the portal (2018-06), as the SODA API returns it.
-RECORD = {
-    "id": "11334378", "case_number": "JB289012", "date": "2018-06-01T21:05:00.000",
-    "block": "083XX S PAULINA ST", "iucr": "2024", "primary_type": "NARCOTICS",
-    "description": "POSS: HEROIN(WHITE)", "location_description": "STREET", "domestic": False,
-    "beat": "0614", "district": "006", "ward": "18", "community_area": "71", "fbi_code": "18",
-    "x_coordinate": "1166461", "y_coordinate": "1849448", "latitude": "41.742453478",
-    "longitude": "-87.665665679",
-}
 
 
 class JourneyError(RuntimeError):

@@ -47,11 +47,9 @@ def settings():
 
 
 @pytest.fixture(scope="module")
-def champion(settings) -> dict[str, Any]:
+def champion(served_champion) -> dict[str, Any]:
     """A champion served by the API (the training test registers one; else the demo's path)."""
-    if stack.registry_champion(settings)[0] is not True:
-        demo.run_demo(MONTH, settings)
-    return demo.wait_for_champion(settings, timeout=600)
+    return served_champion
 
 
 @pytest.fixture
