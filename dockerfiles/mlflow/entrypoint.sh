@@ -13,25 +13,15 @@
 #
 # Authentication: with MLFLOW_AUTH_DATABASE_URI set, the server runs MLflow's basic-auth app
 # (--app-name basic-auth). Its configuration file (the auth database's URI, so mode 600, in the
-# container's home) is written here, and the accounts of .env (admin, the platform's, the model
-# server's read-only one) are written into the user store before the server starts
-# (mlflow-accounts.py, the same code the native stack runs): no default admin ever exists.
+# container's home) and the accounts of .env (admin, the platform's, the model server's
+# read-only one, written into the user store) come from mlflow-accounts.py --auth-ini before the
+# server starts: the same code renders both natively (chicago_crime/devtools/mlflow_accounts.py),
+# and no default admin ever exists.
 set -euo pipefail
 
 if [[ "${1:-}" == "mlflow" && "${2:-}" == "server" && -n "${MLFLOW_AUTH_DATABASE_URI:-}" ]]; then
   export MLFLOW_AUTH_CONFIG_PATH="${HOME:-/home/mlflow}/basic_auth.ini"
-  (
-    umask 077
-    cat >"${MLFLOW_AUTH_CONFIG_PATH}" <<INI
-[mlflow]
-default_permission = READ
-database_uri = ${MLFLOW_AUTH_DATABASE_URI//%/%%}
-admin_username = ${MLFLOW_ADMIN_USERNAME:?MLFLOW_ADMIN_USERNAME is empty}
-authorization_function = mlflow.server.auth:authenticate_request_basic_auth
-auth_cache_ttl_seconds = 300
-INI
-  )
-  python /usr/local/lib/mlflow-accounts.py
+  python /usr/local/lib/mlflow-accounts.py --auth-ini "${MLFLOW_AUTH_CONFIG_PATH}"
   [[ " $* " == *" --app-name"* ]] || set -- "$@" "--app-name=basic-auth"
 fi
 

@@ -45,3 +45,24 @@ def test_the_script_needs_the_auth_database(monkeypatch, capsys) -> None:
     monkeypatch.delenv("MLFLOW_AUTH_DATABASE_URI", raising=False)
     assert accounts.main() == 1
     assert "MLFLOW_AUTH_DATABASE_URI" in capsys.readouterr().err
+
+
+def test_the_script_writes_the_same_auth_ini_as_the_native_stack(tmp_path: Path, monkeypatch,
+                                                                  capsys) -> None:
+    """One renderer for both stacks: the Compose entrypoint's ``--auth-ini`` file is what
+    ``hardening.mlflow_auth_ini`` gives the native stack, private, and the accounts are in."""
+    from chicago_crime.config import load_settings
+    from chicago_crime.devtools import hardening
+
+    uri = f"sqlite:///{tmp_path / 'auth%db'}"
+    for name, value in {**ENV, "MLFLOW_AUTH_DATABASE_URI": uri}.items():
+        monkeypatch.setenv(name, value)
+    ini = tmp_path / "home" / "basic_auth.ini"
+    assert accounts.main(["--auth-ini", str(ini)]) == 0
+    assert "created admin" in capsys.readouterr().out
+    assert ini.stat().st_mode & 0o777 == 0o600
+    monkeypatch.setenv("CHICAGO_CRIME_ENV_FILE", "/dev/null")
+    settings = load_settings(aws_access_key_id="k", aws_secret_access_key="a-strong-one-123",
+                             mlflow_admin_username="admin")
+    assert ini.read_text() == hardening.mlflow_auth_ini(settings, uri)
+    assert "%%db" in ini.read_text() and "password" not in ini.read_text().lower()

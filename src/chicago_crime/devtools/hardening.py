@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from chicago_crime.config import Settings
 
 from chicago_crime.devtools.mlflow_accounts import PLATFORM_PERMISSION, SERVING_PERMISSION
+from chicago_crime.devtools.mlflow_accounts import auth_ini as _auth_ini
 from chicago_crime.devtools.mlflow_accounts import sync as _sync_accounts
 
 
@@ -211,21 +212,10 @@ def internal_keys(path: Path, names: tuple[str, ...]) -> dict[str, str]:
 
 # -- MLflow ------------------------------------------------------------------------------------
 def mlflow_auth_ini(settings: Settings, database_uri: str) -> str:
-    """The basic-auth app's configuration (``MLFLOW_AUTH_CONFIG_PATH``). No admin password in
-    it: the stack writes the accounts into the user store itself (``sync_mlflow_accounts``)."""
-    return (
-        "# Managed by chicago_crime.devtools.stack (mode 600): holds the auth database's URI.\n"
-        "[mlflow]\n"
-        "default_permission = READ\n"
-        f"database_uri = {database_uri.replace('%', '%%')}\n"
-        f"admin_username = {settings.mlflow_admin_username}\n"
-        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
-        # Each login check costs a scrypt hash (~0.1-0.6 s of CPU here): without this cache a
-        # model download (one request per file) takes minutes on a busy box. A password changed
-        # through MLflow's API applies at once; one changed in the store directly (the stack
-        # does that for a password edited in .env, and restarts MLflow) within the TTL.
-        "auth_cache_ttl_seconds = 300\n"
-    )
+    """The basic-auth app's configuration (``MLFLOW_AUTH_CONFIG_PATH``), rendered by the same
+    code as the Compose image's (``mlflow_accounts.auth_ini``). No admin password in it: the
+    stack writes the accounts into the user store itself (``sync_mlflow_accounts``)."""
+    return _auth_ini(database_uri, settings.mlflow_admin_username)
 
 
 def mlflow_accounts(settings: Settings) -> list[tuple[str, str, bool, str | None]]:
