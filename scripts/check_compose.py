@@ -34,6 +34,9 @@ Checks (see ``CHECKS``):
   workers scale); only UIs and the API published, bound to ``BIND_HOST``; no secrets in
   Dockerfiles or build contexts; the API image has no Airflow.
 * ``secrets-files``: ``secrets/*.yaml`` are valid for Airflow's LocalFilesystemBackend.
+* ``s3-identities``: MinIO's root login is the set-up identity ``S3_ADMIN_*`` (not a key pair a
+  service uses) and no service but ``minio``/``minio-init`` holds it; MLflow's S3 secret is held
+  by ``mlflow`` (as its ``AWS_*``) and ``minio-init`` only.
 """
 
 from __future__ import annotations
@@ -126,6 +129,19 @@ NOT_FOR_AIRFLOW = {
 COMPOSE_PENDING = {
     "valkey_password", "mlflow_tracking_username", "mlflow_tracking_password",
     "airflow_task_heartbeat_timeout",
+}
+# Settings a service receives from another .env name: the MLflow server's S3 client reads
+# AWS_ACCESS_KEY_ID/SECRET, but holds MLflow's own S3 user (MLFLOW_S3_*), not the platform's.
+SETTING_SOURCES: dict[str, dict[str, str]] = {
+    "mlflow": {"AWS_ACCESS_KEY_ID": "MLFLOW_S3_ACCESS_KEY_ID",
+               "AWS_SECRET_ACCESS_KEY": "MLFLOW_S3_SECRET_ACCESS_KEY"},
+}
+# Secrets (.env names) and the only services that may hold their value, anywhere in their
+# configuration (environment, command, ...): MinIO's root login and MLflow's S3 user.
+S3_ADMIN_HOLDERS = {"minio", "minio-init"}
+SECRET_HOLDERS: dict[str, set[str]] = {
+    "S3_ADMIN_SECRET_ACCESS_KEY": S3_ADMIN_HOLDERS,
+    "MLFLOW_S3_SECRET_ACCESS_KEY": {"mlflow", "minio-init"},
 }
 # The model server's own settings (no Airflow component reads them).
 API_ONLY_SETTINGS = {"api_allowed_hosts"}
@@ -689,13 +705,14 @@ def check_settings_env(p: Project) -> Problems:
                 if _is_loopback(env[var]):
                     problems.append(f"service `{name}`: {var}={env[var]} points at the "
                                     f"container itself; use the service name (e.g. minio, mlflow)")
-            elif var in p.effective_env and env[var] != p.effective_env[var] \
+            elif (source := SETTING_SOURCES.get(name, {}).get(var, var)) in p.effective_env \
+                    and env[var] != p.effective_env[source] \
                     and not env[var].startswith(NO_ACCESS_PREFIX):
-                shown, wanted_value = env[var], p.effective_env[var]
+                shown, wanted_value = env[var], p.effective_env[source]
                 if _SECRET_WORDS.search(var):  # never print a secret
                     shown, wanted_value = _mask(shown), _mask(wanted_value)
                 problems.append(f"service `{name}`: {var}={shown!r} differs from .env "
-                                f"({wanted_value!r}); use ${{{var}}}")
+                                f"({wanted_value!r}); use ${{{source}}}")
         for var in sorted(env):
             if var.startswith(PROJECT_PREFIXES) and var.lower() not in fields:
                 problems.append(f"service `{name}`: {var} looks like a project setting but "
@@ -1082,6 +1099,39 @@ def check_secrets_files(p: Project) -> Problems:
     return problems
 
 
+def check_s3_identities(p: Project) -> Problems:
+    """MinIO's root login is the set-up identity and stays with MinIO and its init job.
+
+    The platform's services use least-privilege users (``AWS_*``: the data bucket; MLflow's
+    ``MLFLOW_S3_*``: the artifact bucket) that ``minio-init`` creates; a service given the root
+    login could create buckets, users and policies, and read every bucket.
+    """
+    problems: Problems = []
+    env = p.effective_env
+    minio = p.services.get("minio")
+    if minio is None:
+        return ["no `minio` service"]
+    menv = {k: "" if v is None else str(v) for k, v in (minio.get("environment") or {}).items()}
+    if menv.get("MINIO_ROOT_USER") != env.get("S3_ADMIN_ACCESS_KEY_ID") or \
+            menv.get("MINIO_ROOT_PASSWORD") != env.get("S3_ADMIN_SECRET_ACCESS_KEY"):
+        problems.append("minio: MINIO_ROOT_USER / MINIO_ROOT_PASSWORD must be "
+                        "${S3_ADMIN_ACCESS_KEY_ID} / ${S3_ADMIN_SECRET_ACCESS_KEY} (the set-up "
+                        "identity), not a key pair a service uses")
+    for var, holders in sorted(SECRET_HOLDERS.items()):
+        value = env.get(var, "")
+        if not value:
+            problems.append(f".env: {var} is empty after make install")
+            continue
+        for name, svc in sorted(p.services.items()):
+            if name in holders:
+                continue
+            names = [k for k in (svc.get("environment") or {}) if k == var]
+            if value in json.dumps(svc) or names:
+                problems.append(f"service `{name}`: holds {var} (only "
+                                f"{', '.join(sorted(holders))} may)")
+    return problems
+
+
 CHECKS: dict[str, Callable[[Project], Problems]] = {
     "compose-config": check_compose_config,
     "profiles": check_profiles,
@@ -1095,6 +1145,7 @@ CHECKS: dict[str, Callable[[Project], Problems]] = {
     "lock-versions": check_lock_versions,
     "hardening": check_hardening,
     "secrets-files": check_secrets_files,
+    "s3-identities": check_s3_identities,
 }
 
 

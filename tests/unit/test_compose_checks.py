@@ -155,6 +155,40 @@ def test_hard_coded_value_drifting_from_env_is_caught(project):
     assert_reports(run(root, "settings-env"), "MODEL_NAME='other_model' differs from .env")
 
 
+def test_s3_admin_keys_outside_minio_are_caught(project):
+    """The MinIO root login (S3_ADMIN_*) given to a service, MinIO's root back on the platform's
+    keys, or the MLflow server on the platform's S3 user: each is reported."""
+    root, break_it = project
+    assert run(root, "s3-identities") == []
+    # a worker (and every Airflow component sharing its environment) gets the root login
+    break_it("docker-compose.yaml", "    MODEL_NAME: ${MODEL_NAME}\n    AIRFLOW_ADMIN_USER",
+             "    MODEL_NAME: ${MODEL_NAME}\n    LAKE_ROOT: ${S3_ADMIN_SECRET_ACCESS_KEY}\n"
+             "    AIRFLOW_ADMIN_USER")
+    # the model server gets MLflow's S3 secret under another name, on its command line
+    break_it("docker-compose.yaml", "      OMP_NUM_THREADS: \"1\"",
+             "      OMP_NUM_THREADS: \"1\"\n      EXTRA: ${MLFLOW_S3_SECRET_ACCESS_KEY}")
+    break_it("docker-compose.yaml",
+             "      MINIO_ROOT_USER: ${S3_ADMIN_ACCESS_KEY_ID}\n"
+             "      MINIO_ROOT_PASSWORD: ${S3_ADMIN_SECRET_ACCESS_KEY",
+             "      MINIO_ROOT_USER: ${AWS_ACCESS_KEY_ID}\n"
+             "      MINIO_ROOT_PASSWORD: ${AWS_SECRET_ACCESS_KEY")
+    problems = run(root, "s3-identities")
+    assert_reports(problems, "service `airflow-worker`: holds S3_ADMIN_SECRET_ACCESS_KEY",
+                   "service `airflow-scheduler`: holds S3_ADMIN_SECRET_ACCESS_KEY",
+                   "service `fastapi`: holds MLFLOW_S3_SECRET_ACCESS_KEY",
+                   "minio: MINIO_ROOT_USER / MINIO_ROOT_PASSWORD must be")
+    assert not any(f"`{s}`: holds S3_ADMIN" in m for m in problems for s in ("minio", "minio-init"))
+    assert all("<secret" not in m and "=" not in m for m in problems)  # no value printed
+
+
+def test_mlflow_on_the_platforms_s3_user_is_caught(project):
+    root, break_it = project
+    break_it("docker-compose.yaml", "      AWS_ACCESS_KEY_ID: ${MLFLOW_S3_ACCESS_KEY_ID}",
+             "      AWS_ACCESS_KEY_ID: ${AWS_ACCESS_KEY_ID}")
+    assert_reports(run(root, "settings-env"), "service `mlflow`: AWS_ACCESS_KEY_ID=",
+                   "use ${MLFLOW_S3_ACCESS_KEY_ID}")
+
+
 def test_misspelt_setting_name_is_caught(project):
     root, break_it = project
     break_it("docker-compose.yaml", "      MODEL_POLL_SECONDS: ${MODEL_POLL_SECONDS}\n      OMP",
