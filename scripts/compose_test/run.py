@@ -16,7 +16,9 @@ dockerd and stops it on every exit path). Phases, each timed:
    ``etl_with_taskflow`` triggered for a month as the UI's Trigger button does, the ETL run by the
    Celery worker containers, ``train_model`` run by the asset event, the champion loaded by the API
    container, ``/predict`` on a real record, the lake's objects, ``make champion`` through Compose,
-   MLflow reachable from the LAN (BIND_HOST=0.0.0.0) and closed to other hosts, JupyterLab's token
+   MLflow reachable from the LAN (BIND_HOST=0.0.0.0) and closed to other hosts, the hostile
+   subset (MLflow's accounts, the lake's least-privilege users and MinIO's admin API, the
+   broker's and the database's passwords), JupyterLab's token
 6. ``down -v``
 
 The last line is ``compose journey ok: <seconds> s, arrest_probability=<p>``. Any failure
@@ -303,6 +305,10 @@ def journey(compose: Compose, ports: hostnet.PortMap, env: dict[str, str], month
     with phase("hostile: MLflow refuses anonymous and read-only writes", timings):
         check_mlflow_auth(ports, env, model)
 
+    with phase("hostile: the lake's users stay in their bucket, MinIO's root is no one's",
+               timings):
+        check_lake_users(compose, ports, env)
+
     with phase("hostile: the broker and the database without their passwords", timings):
         check_store_locks(compose, ports, env)
 
@@ -362,11 +368,105 @@ def check_lake(ports: hostnet.PortMap, env: dict[str, str], month: str) -> None:
     missing = [k for k in expected if k not in keys]
     if missing:
         raise JourneyError(f"the lake lacks {missing} (it holds {len(keys)} objects)")
-    artifacts = s3.list_objects_v2(Bucket=env["MLFLOW_BUCKET_NAME"]).get("KeyCount", 0)
+    # the artifact bucket is MLflow's own (its S3 user); the platform's user cannot list it
+    mlflow_s3 = boto3.client("s3", endpoint_url=ports.url("minio", 9000), region_name="us-east-1",
+                             aws_access_key_id=env["MLFLOW_S3_ACCESS_KEY_ID"],
+                             aws_secret_access_key=env["MLFLOW_S3_SECRET_ACCESS_KEY"])
+    artifacts = mlflow_s3.list_objects_v2(Bucket=env["MLFLOW_BUCKET_NAME"]).get("KeyCount", 0)
     if not artifacts:
         raise JourneyError(f"bucket {env['MLFLOW_BUCKET_NAME']} holds no MLflow artifact")
     say(f"bucket {env['DATA_REPO_BUCKET_NAME']}: {len(keys)} objects, all {len(expected)} "
         f"expected for {month}; bucket {env['MLFLOW_BUCKET_NAME']}: artifacts present")
+
+
+def _s3_denied(call: Any) -> str | None:
+    """None when S3 refuses ``call`` with AccessDenied, else what happened."""
+    from botocore.exceptions import ClientError
+
+    try:
+        call()
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        return None if code == "AccessDenied" else f"{code or exc}"
+    return "allowed"
+
+
+#: mc run inside a one-off minio-init container (the image's own client, in-network address):
+#: the platform's and MLflow's keys try MinIO's admin API; the root login shows the platform's
+#: policy (positive control). Each refused attempt prints "refused <n>".
+_ADMIN_ATTACKS = r"""
+set -u
+d="/tmp/hostile.$$"; mkdir -m 700 "$d"; trap 'rm -rf "$d"' EXIT
+mc() { command mc --config-dir "$d" "$@"; }
+url="$AWS_ENDPOINT_URL_S3"
+mc alias set root "$url" "$S3_ADMIN_ACCESS_KEY_ID" "$S3_ADMIN_SECRET_ACCESS_KEY" >/dev/null \
+  || exit 3
+mc alias set platform "$url" "$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY" >/dev/null || exit 4
+mc alias set mlflow "$url" "$MLFLOW_S3_ACCESS_KEY_ID" "$MLFLOW_S3_SECRET_ACCESS_KEY" >/dev/null \
+  || exit 5
+mc admin user info root "$AWS_ACCESS_KEY_ID" || exit 6
+n=0
+for attack in \
+  "admin user add platform hostile-user hostile-secret-1" \
+  "admin policy attach platform chicago-crime-mlflow --user $AWS_ACCESS_KEY_ID" \
+  "admin user info platform $MLFLOW_S3_ACCESS_KEY_ID" \
+  "admin user add mlflow hostile-user hostile-secret-1" \
+  "admin policy attach mlflow chicago-crime-platform --user $MLFLOW_S3_ACCESS_KEY_ID"; do
+  n=$((n + 1))
+  # shellcheck disable=SC2086
+  if mc $attack >/dev/null 2>&1; then echo "allowed $n: mc $attack"; else echo "refused $n"; fi
+done
+"""
+
+
+def check_lake_users(compose: Compose, ports: hostnet.PortMap, env: dict[str, str]) -> None:
+    """MinIO's root login is the set-up identity only: the platform's user (the old root login,
+    ``AWS_*``) reads and writes the data bucket and nothing else, MLflow's user the artifact
+    bucket only, and neither may create buckets or use the admin API (users, policies)."""
+    import boto3
+
+    def client(key: str, secret: str) -> Any:
+        return boto3.client("s3", endpoint_url=ports.url("minio", 9000), region_name="us-east-1",
+                            aws_access_key_id=env[key], aws_secret_access_key=env[secret])
+
+    platform = client("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+    mlflow = client("MLFLOW_S3_ACCESS_KEY_ID", "MLFLOW_S3_SECRET_ACCESS_KEY")
+    data, artifacts = env["DATA_REPO_BUCKET_NAME"], env["MLFLOW_BUCKET_NAME"]
+    key = f"hostile/{os.getpid()}.txt"
+    # positive controls: each user works in its own bucket
+    platform.list_objects_v2(Bucket=data, MaxKeys=1)
+    mlflow.list_objects_v2(Bucket=artifacts, MaxKeys=1)
+    attacks = {
+        "platform lists the MLflow bucket": lambda: platform.list_objects_v2(Bucket=artifacts),
+        "platform writes the MLflow bucket": lambda: platform.put_object(
+            Bucket=artifacts, Key=key, Body=b"x"),
+        "platform creates a bucket": lambda: platform.create_bucket(Bucket="hostile-bucket"),
+        "platform deletes a bucket policy": lambda: platform.delete_bucket_policy(Bucket=data),
+        "MLflow's user lists the data bucket": lambda: mlflow.list_objects_v2(Bucket=data),
+        "MLflow's user reads the data bucket": lambda: mlflow.get_object(
+            Bucket=data, Key="0-raw-data/monthly-data/2018-06/crimes.csv"),
+        "MLflow's user writes the data bucket": lambda: mlflow.put_object(
+            Bucket=data, Key=key, Body=b"x"),
+    }
+    broken = {what: got for what, call in attacks.items() if (got := _s3_denied(call))}
+    if broken:
+        raise JourneyError("S3 least privilege broken (want AccessDenied): " + "; ".join(
+            f"{what} -> {got}" for what, got in broken.items()))
+    proc = compose.run("run", "--rm", "--no-deps", "--entrypoint", "/bin/sh", "minio-init",
+                       "-c", _ADMIN_ATTACKS, check=False, timeout=600)
+    out = proc.stdout
+    if proc.returncode != 0 or "PolicyName: chicago-crime-platform" not in out:
+        raise JourneyError(f"mc with MinIO's root login (exit {proc.returncode}) did not show "
+                           f"the platform user's policy chicago-crime-platform:\n{out[-1500:]}"
+                           f"\n{proc.stderr[-1500:]}")
+    allowed = [line for line in out.splitlines() if line.startswith("allowed")]
+    refused = [line for line in out.splitlines() if line.startswith("refused")]
+    if allowed or len(refused) != 5:
+        raise JourneyError("MinIO's admin API answered a user that is not root: "
+                           + "; ".join(allowed or [out[-1500:]]))
+    say(f"S3: the platform's user stays in {data}, MLflow's in {artifacts} ({len(attacks)} "
+        f"attempts AccessDenied); the admin API refuses both ({len(refused)} mc admin "
+        f"attempts), the root login shows policy chicago-crime-platform")
 
 
 def check_mlflow_hosts(ports: hostnet.PortMap, env: dict[str, str]) -> None:
