@@ -152,7 +152,7 @@ minio: ## The lake's web UI (MinIO console with Compose, SeaweedFS admin UI nati
 	else echo "the lake is not running: make up (Compose) or make local-up (native)"; fi
 .PHONY: lake-ui
 lake-ui:
-	$(call open_url,MINIO_PORT_UI,$(LAKE_UI),(login: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in .env))
+	$(call open_url,MINIO_PORT_UI,$(LAKE_UI),(admin login: S3_ADMIN_ACCESS_KEY_ID / S3_ADMIN_SECRET_ACCESS_KEY in .env; the services use their own bucket-scoped users))
 api: ## Model API Swagger UI URL (and open it)
 	$(call open_url,FASTAPI_PORT,Model API,(docs: /docs))
 check-compose: $(VENV)/.installed ## Static checks of the Compose stack (no Docker engine needed)
