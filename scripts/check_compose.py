@@ -1125,8 +1125,7 @@ def check_s3_identities(p: Project) -> Problems:
         for name, svc in sorted(p.services.items()):
             if name in holders:
                 continue
-            names = [k for k in (svc.get("environment") or {}) if k == var]
-            if value in json.dumps(svc) or names:
+            if var in (svc.get("environment") or {}) or value in json.dumps(svc):
                 problems.append(f"service `{name}`: holds {var} (only "
                                 f"{', '.join(sorted(holders))} may)")
     return problems
