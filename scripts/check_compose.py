@@ -118,10 +118,10 @@ NATIVE_ONLY_SETTINGS = {
     "airflow_triggerer_log_port", "airflow_scheduler_health_port", "replay_port", "api_workers",
 }
 NOT_FOR_AIRFLOW = {
-    "pg_admin_password", "pg_mlflow_auth_db", "s3_admin_access_key_id",
-    "s3_admin_secret_access_key", "mlflow_s3_access_key_id", "mlflow_s3_secret_access_key",
-    "mlflow_admin_username", "mlflow_admin_password", "mlflow_serving_username",
-    "mlflow_serving_password", "mlflow_flask_server_secret_key",
+    "pg_admin_password", "pg_mlflow_auth_db", "pg_monitoring_user", "pg_monitoring_password",
+    "s3_admin_access_key_id", "s3_admin_secret_access_key", "mlflow_s3_access_key_id",
+    "mlflow_s3_secret_access_key", "mlflow_admin_username", "mlflow_admin_password",
+    "mlflow_serving_username", "mlflow_serving_password", "mlflow_flask_server_secret_key",
 }
 # Issue 13 (native side done): the Compose stack does not pass these yet (broker password, the
 # platform's MLflow account, the task heartbeat timeout). Remove each name once
@@ -144,7 +144,12 @@ SECRET_HOLDERS: dict[str, set[str]] = {
     "MLFLOW_S3_SECRET_ACCESS_KEY": {"mlflow", "minio-init"},
 }
 # The model server's own settings (no Airflow component reads them).
-API_ONLY_SETTINGS = {"api_allowed_hosts"}
+PREDICTION_LOG_SETTINGS = {
+    "prediction_log_enabled", "prediction_log_retention_days", "prediction_log_queue_size",
+    "prediction_log_batch_size", "prediction_log_flush_seconds",
+    "prediction_log_shutdown_seconds",
+}
+API_ONLY_SETTINGS = {"api_allowed_hosts", *PREDICTION_LOG_SETTINGS}
 CONTRACT = "contract"  # every Settings field named in .env, except the sets above
 # Service (fnmatch pattern) -> Settings fields it must receive. Airflow components import the
 # package (DAG parsing on the dag-processor, tasks on the worker): they get the whole contract.
@@ -155,6 +160,9 @@ SERVICE_SETTINGS: dict[str, set[str] | str] = {
         "aws_endpoint_url_s3", "mlflow_s3_endpoint_url", "data_repo_bucket_name",
         "mlflow_bucket_name", "mlflow_tracking_uri", "model_name", "api_key",
         "model_poll_seconds", "api_allowed_hosts",
+        # the prediction log: its writer login, the monitoring database alone
+        "pg_host", "pg_port", "pg_monitoring_db", "pg_monitoring_user", "pg_monitoring_password",
+        *PREDICTION_LOG_SETTINGS,
     },
     # JupyterLab's notebooks read the lake and the registry through Settings.
     "jupyter": {

@@ -42,7 +42,12 @@ EXPOSED_SECRETS = (
     "pg_password", "pg_admin_password", "valkey_password", "aws_secret_access_key",
     "s3_admin_secret_access_key", "mlflow_s3_secret_access_key", "airflow_admin_password",
     "mlflow_admin_password", "mlflow_tracking_password", "mlflow_serving_password", "api_key",
+    "pg_monitoring_password",
 )
+
+
+def _secret_text(value: SecretStr | None) -> str:
+    return value.get_secret_value() if value is not None else ""
 
 
 def is_loopback(host: str) -> bool:
@@ -75,6 +80,11 @@ class Settings(BaseSettings):
     pg_airflow_db: str = "airflow"
     pg_mlflow_db: str = "mlflow_db"
     pg_mlflow_auth_db: str = "mlflow_auth"
+    # The prediction log's database and its writer login (the model server's only database
+    # access: it can reach this database alone; the platform's role reads it).
+    pg_monitoring_db: str = "monitoring"
+    pg_monitoring_user: str = "monitoring_writer"
+    pg_monitoring_password: SecretStr | None = None
 
     # broker
     valkey_host: str = "127.0.0.1"
@@ -189,6 +199,16 @@ class Settings(BaseSettings):
     api_queue_seconds: float = Field(default=5.0, ge=0)
     api_request_timeout_seconds: float = Field(default=30.0, gt=0)
 
+    # prediction log (monitoring.prediction_log): every prediction served, written to
+    # PG_MONITORING_DB off the request path, in batches; rows queued beyond the queue are dropped
+    # (counted), rows older than the retention deleted hourly (0 keeps them).
+    prediction_log_enabled: bool = True
+    prediction_log_retention_days: int = Field(default=90, ge=0)
+    prediction_log_queue_size: int = Field(default=100_000, ge=1)
+    prediction_log_batch_size: int = Field(default=1_000, ge=1)
+    prediction_log_flush_seconds: float = Field(default=1.0, gt=0)
+    prediction_log_shutdown_seconds: float = Field(default=10.0, ge=0)
+
     @model_validator(mode="after")
     def _no_default_when_exposed(self) -> Settings:
         """Beyond loopback, a well-known (or empty) password would let anyone in: refuse it.
@@ -231,6 +251,12 @@ class Settings(BaseSettings):
             f"{driver}://{self.pg_user}:{self.pg_password.get_secret_value()}"
             f"@{self.pg_host}:{self.pg_port}/{database}"
         )
+
+    def pg_monitoring_url(self, driver: str = "postgresql") -> str:
+        """SQLAlchemy URL of the monitoring database with the prediction log's writer login."""
+        password = quote(_secret_text(self.pg_monitoring_password), safe="")
+        return (f"{driver}://{quote(self.pg_monitoring_user, safe='')}:{password}"
+                f"@{self.pg_host}:{self.pg_port}/{self.pg_monitoring_db}")
 
     @property
     def broker_url(self) -> str:

@@ -5,7 +5,8 @@ the user the service runs as):
 
 * PostgreSQL: ``pg_hba.conf`` with SCRAM passwords on TCP *and* on the Unix socket (whose folder
   is private, 0700), peer authentication for the OS user ``postgres`` only (the stack's own
-  set-up connection); the platform's role is not a superuser.
+  set-up connection); the platform's role is not a superuser; the prediction log's writer
+  reaches its database alone (``pg_hba.conf`` rejects it elsewhere).
 * redis: a config file with ``requirepass`` (the password never appears on a command line).
 * SeaweedFS: ``identities.json`` (S3 identities limited to their bucket: the platform's, the
   MLflow server's, and an admin used only to create the buckets) and ``security.toml``: JWT
@@ -38,17 +39,43 @@ def _secret(value: object) -> str:
 
 
 # -- PostgreSQL --------------------------------------------------------------------------------
-def pg_hba() -> str:
+def pg_hba(settings: Settings | None = None) -> str:
     """Passwords (SCRAM) everywhere; only the OS user ``postgres`` may log in as ``postgres``
-    through the (private) socket without one."""
-    return (
-        "# Managed by chicago_crime.devtools.stack: rewritten on every `make local-up`.\n"
-        "# TYPE  DATABASE  USER      ADDRESS        METHOD\n"
-        "local   all       postgres                 peer\n"
-        "local   all       all                      scram-sha-256\n"
-        "host    all       all       127.0.0.1/32   scram-sha-256\n"
-        "host    all       all       ::1/128        scram-sha-256\n"
-    )
+    through the (private) socket without one. With ``settings``: the prediction log's writer
+    (``PG_MONITORING_USER``) may log in to the monitoring database and is rejected from every
+    other one, whatever the grants say."""
+    lines = [
+        "# Managed by chicago_crime.devtools.stack: rewritten on every `make local-up`.",
+        "# TYPE  DATABASE  USER      ADDRESS        METHOD",
+        "local   all       postgres                 peer",
+    ]
+    if settings is not None:
+        db, writer = pg_hba_name(settings.pg_monitoring_db), pg_hba_name(
+            settings.pg_monitoring_user)
+        lines += [
+            f"local   {db}  {writer}                 scram-sha-256",
+            f"host    {db}  {writer}  127.0.0.1/32   scram-sha-256",
+            f"host    {db}  {writer}  ::1/128        scram-sha-256",
+            f"local   all       {writer}                 reject",
+            f"host    all       {writer}  all            reject",
+        ]
+    lines += [
+        "local   all       all                      scram-sha-256",
+        "host    all       all       127.0.0.1/32   scram-sha-256",
+        "host    all       all       ::1/128        scram-sha-256",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def pg_hba_name(name: str) -> str:
+    """A database or role name as pg_hba.conf reads it (quoted: never a keyword or a list)."""
+    if '"' in name or "\n" in name:
+        raise ValueError(f"unsupported PostgreSQL name for pg_hba.conf: {name!r}")
+    return f'"{name}"'
+
+
+def pg_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 def pg_quote_literal(value: str) -> str:
@@ -67,6 +94,31 @@ def pg_role_sql(settings: Settings) -> list[str]:
         f'ALTER ROLE "{user}" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION '
         f"NOBYPASSRLS PASSWORD {password}",
         admin_sql,
+    ]
+
+
+def pg_monitoring_sql(settings: Settings) -> list[tuple[str | None, str]]:
+    """(database or None for the maintenance one, statement) that set up the prediction log's
+    database access, idempotently: its writer (``PG_MONITORING_USER``) is a login without any
+    right beyond the monitoring database, where it may create its table (the writer creates it
+    at start) and the platform's role (``PG_USER``) reads what it writes. ``PG_MONITORING_DB``
+    itself is created like the platform's other databases (owned by ``PG_USER``, no PUBLIC
+    access). The same statements as dockerfiles/postgres/init-databases.sh."""
+    writer, platform = pg_ident(settings.pg_monitoring_user), pg_ident(settings.pg_user)
+    db = pg_ident(settings.pg_monitoring_db)
+    password = pg_quote_literal(_secret(settings.pg_monitoring_password))
+    if not _secret(settings.pg_monitoring_password):
+        raise ValueError("PG_MONITORING_PASSWORD is empty: run `make install-native` to "
+                         "generate it")
+    return [
+        (None, f"ALTER ROLE {writer} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
+               f"NOBYPASSRLS NOINHERIT CONNECTION LIMIT 50 PASSWORD {password}"),
+        (None, f"GRANT CONNECT ON DATABASE {db} TO {writer}"),
+        (settings.pg_monitoring_db, "REVOKE CREATE ON SCHEMA public FROM PUBLIC"),
+        (settings.pg_monitoring_db, f"GRANT USAGE, CREATE ON SCHEMA public TO {writer}"),
+        (settings.pg_monitoring_db, f"ALTER DEFAULT PRIVILEGES FOR ROLE {writer} IN SCHEMA public "
+                                    f"GRANT SELECT ON TABLES TO {platform}"),
+        (settings.pg_monitoring_db, f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {platform}"),
     ]
 
 

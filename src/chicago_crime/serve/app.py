@@ -24,6 +24,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from chicago_crime import __version__
 from chicago_crime import record as R
 from chicago_crime.config import Settings, get_settings
+from chicago_crime.monitoring.prediction_log import PredictionLog
 from chicago_crime.serve.limits import (
     BodySizeLimitMiddleware,
     ConcurrencyLimitMiddleware,
@@ -32,6 +33,7 @@ from chicago_crime.serve.limits import (
 )
 from chicago_crime.serve.metrics import ServerMetrics, instrument
 from chicago_crime.serve.model_store import ModelStore
+from chicago_crime.serve.request_id import HEADER, RequestIdMiddleware
 from chicago_crime.serve.routes import ROUTERS
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,10 @@ validates with.
 
 **Output**: `arrest_probability` (calibrated), `arrest` (probability >= the model's decision
 threshold chosen at training time), `threshold` and the model `name`/`version`/`run_id`.
+
+Every answer carries an `{HEADER}` header: the client's own (1-128 characters of
+`A-Z a-z 0-9 . _ : -`) or a generated one. Each prediction is recorded in the prediction log
+with that id.
 """
 
 TAGS = [
@@ -115,7 +121,8 @@ async def validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled error on %s", request.url.path, exc_info=exc)
+    rid = (request.scope.get("state") or {}).get("request_id")
+    log.exception("unhandled error on %s (request %s)", request.url.path, rid, exc_info=exc)
     return JSONResponse({"detail": "internal server error"}, status_code=500)
 
 
@@ -139,12 +146,20 @@ def _openapi_with_limits(app: FastAPI, settings: Settings) -> Any:
     return openapi
 
 
-def create_app(settings: Settings | None = None, store: ModelStore | None = None) -> FastAPI:
-    """The model server. ``store`` defaults to a ``ModelStore`` on ``settings``' registry."""
+_FROM_SETTINGS: Any = object()
+
+
+def create_app(settings: Settings | None = None, store: ModelStore | None = None,
+               prediction_log: PredictionLog | None = _FROM_SETTINGS) -> FastAPI:
+    """The model server. ``store`` defaults to a ``ModelStore`` on ``settings``' registry;
+    ``prediction_log`` to the one ``settings`` configure (None: predictions are not logged)."""
     settings = settings or get_settings()
     metrics = ServerMetrics()
     if store is None:
         store = ModelStore(settings)
+    if prediction_log is _FROM_SETTINGS:
+        prediction_log = PredictionLog.from_settings(settings, observer=metrics)
+    metrics.log_enabled.set(1 if prediction_log is not None else 0)
     previous_hook = store.on_change
 
     def on_change(loaded: Any) -> None:
@@ -164,12 +179,16 @@ def create_app(settings: Settings | None = None, store: ModelStore | None = None
             threadpool_limits(1)  # one BLAS/OpenMP thread: see docs/api.md (OMP_NUM_THREADS)
         except ImportError:  # pragma: no cover - threadpoolctl ships with scikit-learn
             pass
+        if prediction_log is not None:
+            prediction_log.start()  # connects in its own thread: a database down delays nothing
         await run_in_threadpool(store.start)
         metrics.registry_reachable.set(1 if store.registry_reachable else 0)
         try:
             yield
         finally:
             store.stop()
+            if prediction_log is not None:  # write what is queued (bounded), then stop
+                await run_in_threadpool(prediction_log.close)
 
     app = FastAPI(
         title="Chicago crime arrest prediction",
@@ -183,6 +202,7 @@ def create_app(settings: Settings | None = None, store: ModelStore | None = None
     app.state.settings = settings
     app.state.store = store
     app.state.metrics = metrics
+    app.state.prediction_log = prediction_log
     for router in ROUTERS:
         app.include_router(router)
     app.openapi = _openapi_with_limits(app, settings)  # type: ignore[method-assign]
@@ -215,7 +235,8 @@ def create_app(settings: Settings | None = None, store: ModelStore | None = None
                        queue_seconds=settings.api_queue_seconds,
                        timeout_seconds=settings.api_request_timeout_seconds)
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts(settings))
-    instrument(app, metrics)  # outermost: counts 400s, 413s, 422s and 503s too
+    instrument(app, metrics)  # counts 400s, 413s, 422s and 503s too
+    app.add_middleware(RequestIdMiddleware)  # outermost: every answer carries X-Request-ID
     return app
 
 

@@ -4,7 +4,9 @@ HTTP metrics (``http_requests_total{handler,method,status}``,
 ``http_request_duration_seconds{handler,method}``, request/response sizes) come from
 ``prometheus-fastapi-instrumentator``, labelled by route template (``/predict``), never by raw
 path. The model's own metrics (predictions per class, batch sizes, the served version, registry
-reachability) are declared here. Each app gets its own ``CollectorRegistry`` (several apps can
+reachability) are declared here, and so are the prediction log's (rows written, dropped by
+reason, failed writes, rows queued, database reachable): ``ServerMetrics`` is the log writer's
+observer. Each app gets its own ``CollectorRegistry`` (several apps can
 live in one test process).
 """
 
@@ -66,6 +68,32 @@ class ServerMetrics:
         self.reloads = Counter(
             "model_reloads_total", "Model versions swapped in.", registry=self.registry
         )
+        # the prediction log (monitoring.prediction_log): this process's writer
+        self.log_rows_written = Counter(
+            "prediction_log_rows_written_total", "Predictions written to the prediction log.",
+            registry=self.registry,
+        )
+        self.log_rows_dropped = Counter(
+            "prediction_log_rows_dropped_total", "Predictions not logged: queue_full (PostgreSQL "
+            "slow or down), rejected (PostgreSQL refused the batch), shutdown (still queued when "
+            "the flush time ran out).", ["reason"], registry=self.registry,
+        )
+        self.log_write_failures = Counter(
+            "prediction_log_write_failures_total", "Failed attempts to reach PostgreSQL or write "
+            "a batch (the batch is retried while the database is unreachable).",
+            registry=self.registry,
+        )
+        self.log_queued = Gauge(
+            "prediction_log_queued_rows", "Predictions waiting to be written.",
+            registry=self.registry,
+        )
+        self.log_db_up = Gauge(
+            "prediction_log_database_up", "1 when the last write to the prediction log "
+            "succeeded, 0 while PostgreSQL is unreachable.", registry=self.registry,
+        )
+        self.log_enabled = Gauge(
+            "prediction_log_enabled", "1 when predictions are logged.", registry=self.registry
+        )
 
     def model_loaded(self, name: str, version: str, run_id: str | None, predictor: str) -> None:
         self.model_info.clear()
@@ -84,6 +112,19 @@ class ServerMetrics:
         if len(arrests) - positive:
             self.predictions.labels(version, "false").inc(len(arrests) - positive)
         self.batch_size.observe(len(arrests))
+
+    # -- the prediction log's observer (called from its writer thread; counters are thread-safe)
+    def log_written(self, rows: int) -> None:
+        self.log_rows_written.inc(rows)
+
+    def log_dropped(self, reason: str, rows: int) -> None:
+        self.log_rows_dropped.labels(reason).inc(rows)
+
+    def log_write_failed(self) -> None:
+        self.log_write_failures.inc()
+
+    def log_database_up(self, up: bool) -> None:
+        self.log_db_up.set(1 if up else 0)
 
     def exposition(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

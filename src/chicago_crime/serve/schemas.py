@@ -8,7 +8,7 @@ one field per :data:`record.MODEL_FIELDS` entry (a test keeps the two equal), re
 box ingestion quarantines by. Values are typed here and normalised (upper case, zero-padded
 codes) by the model's own enricher, with the record contract's normalisers. Fields the model
 does not read (``id``, ``case_number``, ``block``, ``arrest``, ``location`` ...) are accepted
-and ignored.
+and ignored, except that the portal ``id`` is kept for the prediction log (``record_id``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,15 @@ from datetime import datetime
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
+    field_validator,
+    model_validator,
+)
 
 from chicago_crime import record as R
 
@@ -145,14 +153,19 @@ class CrimeRecord(BaseModel):
         examples=[-87.749166581],
     )
 
+    #: The record's portal ``id`` when the request has one (not a model input: the prediction
+    #: log keeps it so a later label can be joined to the prediction).
+    _record_id: str | None = PrivateAttr(default=None)
+
     # Three Python hooks per record (not one per field): batches of 10,000 stay fast.
-    @model_validator(mode="before")
+    @model_validator(mode="wrap")
     @classmethod
-    def _prepare(cls, data: Any) -> Any:
-        """Blank optional fields -> missing; numeric codes -> text. (``NaN``/``Infinity`` are
-        not JSON: a non-finite number fails its field's validation, naming it.)"""
+    def _prepare(cls, data: Any, handler: ModelWrapValidatorHandler[CrimeRecord]) -> Any:
+        """Blank optional fields -> missing; numeric codes -> text; the portal ``id`` kept
+        aside. (``NaN``/``Infinity`` are not JSON: a non-finite number fails its field's
+        validation, naming it.)"""
         if not isinstance(data, dict):
-            return data
+            return handler(data)
         changes: dict[str, Any] = {}
         for name, value in data.items():
             if value.__class__ is str:
@@ -160,7 +173,11 @@ class CrimeRecord(BaseModel):
                     changes[name] = None
             elif value.__class__ is int and name in _TEXT_CODES:
                 changes[name] = str(value)
-        return {**data, **changes} if changes else data
+        record = handler({**data, **changes} if changes else data)
+        portal_id = data.get("id")
+        if portal_id is not None:
+            record._record_id = _record_id(portal_id)
+        return record
 
     @field_validator("date", mode="before")
     @classmethod
@@ -196,6 +213,21 @@ class CrimeRecord(BaseModel):
     def model_input(self) -> dict[str, Any]:
         """The record as the model reads it (:func:`record.model_record`)."""
         return R.model_record(self.__dict__)
+
+    @property
+    def record_id(self) -> str | None:
+        """The portal ``id`` the request gave (1-100 characters), else None."""
+        return self._record_id
+
+
+def _record_id(value: Any) -> str | None:
+    """A portal id as text: an integer or a short string (anything else is not an id)."""
+    if value.__class__ is int:
+        return str(value)
+    if value.__class__ is str:
+        text = value.strip()
+        return text if 0 < len(text) <= 100 else None
+    return None
 
 
 #: Text-typed code fields: a JSON number (486) is read as its text ("486").

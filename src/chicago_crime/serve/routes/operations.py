@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Request, Response, status
 from fastapi.responses import JSONResponse
 
 from chicago_crime.serve.deps import MetricsDep, StoreDep
@@ -46,8 +46,12 @@ async def ready(store: StoreDep) -> Any:
 @router.get("/metrics", response_class=Response,
             responses={200: {"content": {"text/plain": {}},
                              "description": "Prometheus text exposition."}})
-async def prometheus(metrics: MetricsDep, store: StoreDep) -> Response:
-    """Prometheus metrics: requests and latency per endpoint, predictions, model version."""
+async def prometheus(metrics: MetricsDep, store: StoreDep, request: Request) -> Response:
+    """Prometheus metrics: requests and latency per endpoint, predictions, model version, the
+    prediction log (rows written, dropped, queued; database reachable)."""
+    prediction_log = request.app.state.prediction_log
+    if prediction_log is not None:
+        metrics.log_queued.set(prediction_log.queued_rows)
     metrics.registry_reachable.set(1 if store.registry_reachable else 0)
     metrics.model_ready.set(1 if store.current is not None else 0)
     metrics.champion_refused.set(1 if store.champion_failure is not None else 0)

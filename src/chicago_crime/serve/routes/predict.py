@@ -1,14 +1,22 @@
-"""``POST /predict`` and ``POST /predict/batch``: arrest probabilities for raw records."""
+"""``POST /predict`` and ``POST /predict/batch``: arrest probabilities for raw records.
+
+Every prediction served is handed to the prediction log (``monitoring.prediction_log``) once it
+is computed: a queue append, the writing happens in the log's own thread.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import time
+import uuid
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import anyio.to_thread
-from fastapi import APIRouter, Body, HTTPException, Response, status
+from fastapi import APIRouter, Body, HTTPException, Request, Response, status
 
+from chicago_crime.monitoring.prediction_log import Served
 from chicago_crime.serve.deps import BatchDep, MetricsDep, ModelDep
 from chicago_crime.serve.limits import SafeJSONRoute
 from chicago_crime.serve.metrics import ServerMetrics
@@ -67,6 +75,27 @@ async def score(
     return items
 
 
+def log_predictions(request: Request, loaded: LoadedModel, records: list[CrimeRecord],
+                    items: list[dict[str, Any]]) -> None:
+    """Queue the predictions for the prediction log (one row per record; never blocks)."""
+    prediction_log = request.app.state.prediction_log
+    if prediction_log is None:
+        return
+    state = request.scope.get("state") or {}
+    started = state.get("started")
+    prediction_log.submit(Served(
+        request_id=state.get("request_id") or uuid.uuid4().hex,
+        logged_at=datetime.now(UTC),
+        model_version=loaded.version,
+        threshold=loaded.threshold,
+        latency_ms=(time.perf_counter() - started) * 1000 if started else math.nan,
+        records=[r.__dict__ for r in records],
+        record_ids=[r.record_id for r in records],
+        probabilities=[i["arrest_probability"] for i in items],
+        decisions=[i["arrest"] for i in items],
+    ))
+
+
 def _json(body: dict[str, Any]) -> Response:
     """Responses built directly (already validated data): skips a second pydantic pass."""
     return Response(json.dumps(body, separators=(",", ":")), media_type="application/json")
@@ -82,15 +111,19 @@ async def predict(
     })],
     loaded: ModelDep,
     metrics: MetricsDep,
+    request: Request,
 ) -> Response:
     """Arrest probability for one crime record (Socrata field names)."""
-    item = (await score(loaded, [record], metrics))[0]
-    return _json({**item, "threshold": loaded.threshold, "model": loaded.ref()})
+    items = await score(loaded, [record], metrics)
+    log_predictions(request, loaded, [record], items)
+    return _json({**items[0], "threshold": loaded.threshold, "model": loaded.ref()})
 
 
 @router.post("/predict/batch", response_model=BatchPrediction,
              responses={**UNAVAILABLE, **INVALID, **TOO_LARGE})
-async def predict_batch(body: BatchDep, loaded: ModelDep, metrics: MetricsDep) -> Response:
+async def predict_batch(body: BatchDep, loaded: ModelDep, metrics: MetricsDep,
+                        request: Request) -> Response:
     """Arrest probabilities for up to ``MAX_BATCH_RECORDS`` records, in request order."""
     items = await score(loaded, body.records, metrics)
+    log_predictions(request, loaded, body.records, items)
     return _json({"predictions": items, "threshold": loaded.threshold, "model": loaded.ref()})
