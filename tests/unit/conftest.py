@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,3 +21,17 @@ def shared_data() -> Path:
     the sample from the full exports.
     """
     return FIXTURE_DATA
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_prediction_log() -> Iterator[None]:
+    """Apps built by unit tests log no prediction: a developer's ``.env`` names the native
+    stack's monitoring database, which unit tests must not write to. The prediction log's own
+    unit tests pass their settings or sink explicitly."""
+    saved = os.environ.get("PREDICTION_LOG_ENABLED")
+    os.environ["PREDICTION_LOG_ENABLED"] = "false"
+    yield
+    if saved is None:
+        os.environ.pop("PREDICTION_LOG_ENABLED", None)
+    else:
+        os.environ["PREDICTION_LOG_ENABLED"] = saved
