@@ -25,6 +25,7 @@ SECRETS = {
     "mlflow_tracking_password": "ml-platform-999999", "mlflow_serving_password": "ml-api-000000",
     "mlflow_flask_server_secret_key": "flask-aaaaaaa", "api_key": "api-key-bbbbbbb",
     "airflow_jwt_secret": "j" * 80, "airflow_fernet_key": "f" * 43 + "=",
+    "pg_monitoring_password": "pg-writer-ccccccc",
 }
 # Shifted ports (no default may leak into a program of a stack configured elsewhere).
 PORTS = {
@@ -129,6 +130,11 @@ def test_each_program_gets_only_the_secrets_it_needs(settings, state):
     for name in ("pg_password", "valkey_password", "aws_secret_access_key",
                  "mlflow_tracking_password", "airflow_jwt_secret", "s3_admin_secret_access_key"):
         assert SECRETS[name] not in json.dumps(api), name
+    # its one database login: the prediction log's writer, which nothing else holds
+    assert api["PG_MONITORING_PASSWORD"] == SECRETS["pg_monitoring_password"]
+    assert api["PG_MONITORING_USER"] == "monitoring_writer" and api["PG_HOST"] == "127.0.0.1"
+    assert all(SECRETS["pg_monitoring_password"] not in json.dumps(env)
+               for name, env in envs.items() if name != "api")
     worker = envs["airflow-worker"]
     assert worker["MLFLOW_TRACKING_PASSWORD"] == SECRETS["mlflow_tracking_password"]
     assert worker["AIRFLOW__CELERY__BROKER_URL"] == (
@@ -179,6 +185,19 @@ def test_access_control_files(settings, tmp_path):
     assert re.search(r"^local\s+all\s+postgres\s+peer$", hba, re.M)
     role = hardening.pg_role_sql(settings)[0]
     assert "NOSUPERUSER" in role and "NOCREATEROLE" in role
+    # the prediction log's writer: its database only, rejected before any line that admits it
+    lines = [line.split() for line in hardening.pg_hba(settings).splitlines()
+             if line and not line.startswith("#")]
+    writer = [n for n, f in enumerate(lines) if f[2] == '"monitoring_writer"']
+    assert [lines[n][1] for n in writer] == ['"monitoring"'] * 3 + ["all", "all"]
+    assert [lines[n][-1] for n in writer[-2:]] == ["reject", "reject"]
+    assert max(writer) < min(n for n, f in enumerate(lines) if f[2] == "all")
+    sql = dict((s, db) for db, s in hardening.pg_monitoring_sql(settings))
+    alter = next(s for s in sql if s.startswith("ALTER ROLE"))
+    assert "NOSUPERUSER" in alter and "NOCREATEDB" in alter and "pg-writer-ccccccc" in alter
+    assert sql['GRANT CONNECT ON DATABASE "monitoring" TO "monitoring_writer"'] is None
+    assert sql['GRANT USAGE, CREATE ON SCHEMA public TO "monitoring_writer"'] == "monitoring"
+    assert any("GRANT SELECT ON TABLES TO \"airflow\"" in s for s in sql)
     assert f"requirepass {SECRETS['valkey_password']}" in hardening.redis_conf(settings, tmp_path)
     ids = {i["name"]: i for i in hardening.s3_identities(settings)["identities"]}
     assert set(ids["platform"]["actions"]) == {"Read:data", "Write:data", "List:data",
