@@ -10,6 +10,14 @@ batch of 1,000 <= 100 ms.
     .venv/bin/python bench/bench_api.py --model features   # platform feature pipeline (fast path)
     .venv/bin/python bench/bench_api.py --model toy        # one-hot + logistic regression (pandas)
     .venv/bin/python bench/bench_api.py --url http://127.0.0.1:8800   # an already running server
+    .venv/bin/python bench/bench_api.py --compare-logging  # prediction log on vs off (below)
+
+``--compare-logging`` needs the native stack up with a champion (``make demo``): it starts two
+model servers of its own (one worker each, the stack's API environment: the real champion from
+MLflow, the prediction log writing to the stack's PostgreSQL), one with
+``PREDICTION_LOG_ENABLED=true`` and one with ``false``, and measures single ``/predict`` p50/p99
+on both in alternating rounds (both see the same host load). Target (issue #16): logging adds
+<= ~0.2 ms to p50.
 """
 
 from __future__ import annotations
@@ -223,6 +231,74 @@ def run(url: str, records: list[dict[str, Any]], n_single: int, n_batches: int,
     return out
 
 
+def metric(url: str, name: str) -> float:
+    """A sample of the server's /metrics (0 when absent)."""
+    for line in httpx.get(f"{url}/metrics", timeout=30).text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def compare_logging(records: list[dict[str, Any]], rounds: int, per_round: int) -> None:
+    """Single /predict p50/p99 with the prediction log on and off, the real champion."""
+    from chicago_crime.devtools import stack
+
+    settings = stack.stack_settings()
+    base = stack.program_envs(settings, None)["api"]
+    servers: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
+    try:
+        for label, enabled in (("on", "true"), ("off", "false")):
+            port = free_port()
+            env = {**base, "MODEL_CACHE_DIR": "", "PREDICTION_LOG_ENABLED": enabled,
+                   "FASTAPI_PORT": str(port), "API_URL": f"http://127.0.0.1:{port}"}
+            cmd = [sys.executable, "-m", "uvicorn", "chicago_crime.serve.app:app", "--host",
+                   "127.0.0.1", "--port", str(port), "--workers", "1", "--log-level",
+                   "warning", "--no-access-log"]
+            servers[label] = (subprocess.Popen(cmd, cwd=REPO, env=env),
+                              f"http://127.0.0.1:{port}")
+        for _, url in servers.values():
+            wait_ready(url)
+        bodies = [json.dumps(r).encode() for r in records]
+        headers = {"content-type": "application/json"}
+        latencies: dict[str, list[float]] = {label: [] for label in servers}
+        clients = {label: httpx.Client(base_url=url, timeout=60, headers=headers)
+                   for label, (_, url) in servers.items()}
+        model = clients["on"].get("/model").json()
+        for client in clients.values():
+            for body in bodies[:200]:
+                client.post("/predict", content=body).raise_for_status()
+        for r in range(rounds):  # alternate which goes first: both see the same host load
+            order = list(clients) if r % 2 == 0 else list(reversed(clients))
+            for label in order:
+                client = clients[label]
+                for i in range(per_round):
+                    body = bodies[(r * per_round + i) % len(bodies)]
+                    start = time.perf_counter()
+                    client.post("/predict", content=body).raise_for_status()
+                    latencies[label].append((time.perf_counter() - start) * 1000)
+        time.sleep(2)  # the last batch is written (flush interval 1 s)
+        written = metric(servers["on"][1], "prediction_log_rows_written_total")
+        for client in clients.values():
+            client.close()
+    finally:
+        for proc, _ in servers.values():
+            proc.terminate()
+            proc.wait(timeout=60)
+    n = rounds * per_round
+    print(f"model: {model['name']} v{model['version']} ({model['predictor']} path), the "
+          f"native stack's champion; host load average {os.getloadavg()[0]:.1f} on "
+          f"{os.cpu_count()} cores (client, servers and the rest of the stack share them)")
+    p50 = {k: pct(v, 50) for k, v in latencies.items()}
+    p99 = {k: pct(v, 99) for k, v in latencies.items()}
+    for label in ("off", "on"):
+        print(f"single /predict, prediction log {label:<3}  p50 {p50[label]:.2f} ms   "
+              f"p99 {p99[label]:.2f} ms   (n={n}, {rounds} alternating rounds)")
+    print(f"difference (on - off)              p50 {p50['on'] - p50['off']:+.2f} ms   "
+          f"p99 {p99['on'] - p99['off']:+.2f} ms   (target: p50 <= +0.2 ms)")
+    print(f"rows written by the logging server: {written:.0f} "
+          f"(warm-up 200 + measured {n})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=["features", "toy"], default="features")
@@ -233,7 +309,14 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--compare-logging", action="store_true",
+                        help="p50/p99 with the prediction log on vs off (native stack champion)")
+    parser.add_argument("--rounds", type=int, default=10)
     args = parser.parse_args()
+    if args.compare_logging:
+        compare_logging(portal_records(["2018-06"], limit=5000), args.rounds,
+                        max(1, args.single // args.rounds))
+        return
 
     records = portal_records(["2018-03"], limit=5000)
     server = None
