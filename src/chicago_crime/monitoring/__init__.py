@@ -1,0 +1,1 @@
+"""Model monitoring: drift, monthly quality, and the metrics that reach Prometheus."""
