@@ -5,7 +5,7 @@ SHELL := /bin/bash
 VENV      ?= .venv
 PY        := $(VENV)/bin/python
 PYTEST    := $(VENV)/bin/pytest
-APT_PKGS  := postgresql redis-server
+APT_PKGS  := postgresql redis-server prometheus prometheus-pushgateway
 BROWSER_PKGS := chromium chromium-driver
 DATA      ?=
 # Folder of real portal exports used by the tests (served by the Socrata replay server).
@@ -26,8 +26,9 @@ install-native: $(VENV)/.installed ## Install system packages (apt), the pinned 
 	@dpkg -s $(APT_PKGS) >/dev/null 2>&1 || { \
 	  echo "installing $(APT_PKGS) (apt)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PKGS) >/dev/null; }
-	@# Debian starts its own cluster/server on install; the platform runs its own copies.
-	@-pg_ctlcluster 15 main stop >/dev/null 2>&1; service redis-server stop >/dev/null 2>&1; true
+	@# Debian starts its own cluster/servers on install; the platform runs its own copies.
+	@-pg_ctlcluster 15 main stop >/dev/null 2>&1; service redis-server stop >/dev/null 2>&1; \
+	  service prometheus stop >/dev/null 2>&1; service prometheus-pushgateway stop >/dev/null 2>&1; true
 	@# .env (git-ignored, mode 600) from .env.example, every empty secret generated.
 	@$(PY) scripts/gen_secrets.py .env
 	@# As root, the services run as an unprivileged system user.

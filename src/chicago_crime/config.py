@@ -42,6 +42,7 @@ EXPOSED_SECRETS = (
     "pg_password", "pg_admin_password", "valkey_password", "aws_secret_access_key",
     "s3_admin_secret_access_key", "mlflow_s3_secret_access_key", "airflow_admin_password",
     "mlflow_admin_password", "mlflow_tracking_password", "mlflow_serving_password", "api_key",
+    "grafana_admin_password",
 )
 
 
@@ -188,6 +189,15 @@ class Settings(BaseSettings):
     api_max_queue: int = Field(default=256, ge=0)
     api_queue_seconds: float = Field(default=5.0, ge=0)
     api_request_timeout_seconds: float = Field(default=30.0, gt=0)
+
+    # monitoring (docs/monitoring.md): Prometheus scrapes the API, the Pushgateway and the OTLP
+    # bridge that receives Airflow's OpenTelemetry metrics; Grafana runs in Compose only.
+    prometheus_port: int = 9090
+    pushgateway_port: int = 9091
+    pushgateway_url: str = "http://127.0.0.1:9091"
+    otlp_bridge_port: int = 4318
+    grafana_port: int = 3000
+    grafana_admin_password: SecretStr | None = None
 
     @model_validator(mode="after")
     def _no_default_when_exposed(self) -> Settings:
