@@ -159,6 +159,13 @@ api: ## Model API Swagger UI URL (and open it)
 check-compose: $(VENV)/.installed ## Static checks of the Compose stack (no Docker engine needed)
 	$(PY) scripts/check_compose.py
 
+.PHONY: monitoring
+# Airflow exports its OpenTelemetry metrics only with the profile's otlp-bridge there to take them.
+monitoring: ## Compose stack + profile monitoring (Prometheus, Pushgateway, Grafana; docs/monitoring.md): start and print the URLs
+	AIRFLOW__METRICS__OTEL_ON=True $(DC) --profile $(PROFILE) --profile monitoring up -d $(COMPOSE_BUILD) --wait
+	$(call open_url,GRAFANA_PORT,Grafana,(login: admin / see GRAFANA_ADMIN_PASSWORD in .env))
+	$(call open_url,PROMETHEUS_PORT,Prometheus,)
+
 .PHONY: demo-compose
 # Same journey as `make demo`, through Compose: with DATA the `replay` service serves the exports
 # and the platform downloads from it; the demo itself runs inside the api-server container.
