@@ -13,7 +13,7 @@ this process keeps the latest values and serves them in Prometheus' text format 
 It stands only on maintained libraries the platform already locks: ``opentelemetry-proto``
 (the OTLP messages Airflow's exporter sends) and ``prometheus_client`` (the exposition); the
 same module runs natively (supervisord) and in Compose (the API image), so both stacks scrape
-the same names. Measured throughput: ``bench/otlp_bridge.py``.
+the same names. Measured throughput: ``bench/bench_otlp_bridge.py``.
 
 Conversion (what the OpenTelemetry Collector's Prometheus exporter does, simplified): a
 monotonic sum becomes a counter (``airflow_ti_finish_total``), a gauge or non-monotonic sum a
