@@ -129,6 +129,9 @@ def test_every_job_has_target_files_for_both_stacks() -> None:
         for target in group["targets"]:
             host, port = target.rsplit(":", 1)
             assert host in compose, f"{name}: {host} is not a Compose service"
+            # the service's own healthcheck probes the port Prometheus scrapes
+            probe = " ".join(compose[host]["healthcheck"]["test"])
+            assert f":{port}/" in probe, f"{name}: {host} does not listen on {port}"
 
 
 def test_dashboard_queries_name_exported_metrics() -> None:

@@ -215,7 +215,7 @@ def make_server(host: str, port: int, store: MetricStore | None = None) -> Threa
             self.end_headers()
             self.wfile.write(body)
 
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
                 self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
@@ -224,7 +224,7 @@ def make_server(host: str, port: int, store: MetricStore | None = None) -> Threa
             else:
                 self._send(404, b"not found\n")
 
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             if self.path.split("?", 1)[0] != OTLP_PATH:
                 self._send(404, b"not found\n")
                 return
@@ -240,7 +240,7 @@ def make_server(host: str, port: int, store: MetricStore | None = None) -> Threa
                 if self.headers.get("Content-Encoding", "").lower() == "gzip":
                     body = gzip.decompress(body)
                 request = ExportMetricsServiceRequest.FromString(body)
-            except Exception as exc:  # noqa: BLE001 (any undecodable body is the client's error)
+            except Exception as exc:
                 self._send(400, f"not an OTLP metrics request: {exc}\n".encode())
                 return
             store.ingest(request)
