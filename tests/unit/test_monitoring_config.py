@@ -187,3 +187,36 @@ def test_promql_name_extraction() -> None:
     assert metric_names('sum by (handler, le) (rate(x_bucket{job="a", s=~"5.."}[$__rate_interval]))'
                         ) == {"x_bucket"}
     assert metric_names("time() - max(last_run)") == {"last_run"}
+
+
+def test_native_stack_wires_airflow_to_the_bridge(monkeypatch) -> None:
+    """Every Airflow program exports its metrics to the bridge's port; the model server holds
+    no Grafana password; the Pushgateway URL follows its port."""
+    from chicago_crime.devtools import stack
+    from chicago_crime.monitoring.otlp_bridge import airflow_metrics_env
+
+    for name, value in {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s",
+                        "AIRFLOW_JWT_SECRET": "j" * 64, "AIRFLOW_FERNET_KEY": "f",
+                        "GRAFANA_ADMIN_PASSWORD": "g", "OTLP_BRIDGE_PORT": "14318",
+                        "PUSHGATEWAY_PORT": "19091"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AIRFLOW__METRICS__OTEL_ON", raising=False)
+    envs = stack.program_envs(load_settings(), None)
+    wanted = airflow_metrics_env("http://127.0.0.1:14318")
+    for name in stack.AIRFLOW_SERVICES:
+        assert {k: envs[name][k] for k in wanted} == wanted, name
+    assert envs["airflow-worker"]["PUSHGATEWAY_URL"] == "http://127.0.0.1:19091"
+    assert all("GRAFANA_ADMIN_PASSWORD" not in env for env in envs.values())
+
+
+def test_compose_airflow_exports_to_the_bridge_like_the_native_stack() -> None:
+    """The Airflow services get the same metric settings as natively, pointing at the
+    otlp-bridge service (OTEL_ON from .env / make monitoring)."""
+    from chicago_crime.monitoring.otlp_bridge import airflow_metrics_env
+
+    services = yaml.safe_load((REPO / "docker-compose.yaml").read_text())["services"]
+    wanted = airflow_metrics_env("http://otlp-bridge:4318")
+    wanted["AIRFLOW__METRICS__OTEL_ON"] = "${AIRFLOW__METRICS__OTEL_ON:-False}"
+    for name in ("airflow-scheduler", "airflow-worker", "airflow-dag-processor"):
+        env = services[name]["environment"]
+        assert {k: str(env.get(k)) for k in wanted} == wanted, name
