@@ -849,12 +849,12 @@ def app_probe(name: str, settings: Settings) -> tuple[bool, str]:
     if name == "api":
         ready, _, detail = api_readiness(s)
         return ready, detail
-    if name == "otlp-bridge":
-        return _http_ok(f"http://{LOOPBACK}:{s.otlp_bridge_port}/health")
-    if name == "pushgateway":
-        return _http_ok(f"http://{LOOPBACK}:{s.pushgateway_port}/-/ready")
-    if name == "prometheus":
-        return _http_ok(f"http://{LOOPBACK}:{s.prometheus_port}/-/ready")
+    if name in MONITORING_SERVICES:
+        port, path = {"otlp-bridge": (s.otlp_bridge_port, "/health"),
+                      "pushgateway": (s.pushgateway_port, "/-/ready"),
+                      "prometheus": (s.prometheus_port, "/-/ready")}[name]
+        ok, body = _http_ok(f"http://{LOOPBACK}:{port}{path}")
+        return ok, body.strip()
     if name == REPLAY:
         ok = _port_open(s.replay_port)
         return ok, "serving a folder of exports" if ok else "replay port closed"
