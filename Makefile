@@ -5,7 +5,7 @@ SHELL := /bin/bash
 VENV      ?= .venv
 PY        := $(VENV)/bin/python
 PYTEST    := $(VENV)/bin/pytest
-APT_PKGS  := postgresql redis-server
+APT_PKGS  := postgresql redis-server prometheus prometheus-pushgateway
 BROWSER_PKGS := chromium chromium-driver
 DATA      ?=
 # Folder of real portal exports used by the tests (served by the Socrata replay server).
@@ -26,8 +26,9 @@ install-native: $(VENV)/.installed ## Install system packages (apt), the pinned 
 	@dpkg -s $(APT_PKGS) >/dev/null 2>&1 || { \
 	  echo "installing $(APT_PKGS) (apt)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PKGS) >/dev/null; }
-	@# Debian starts its own cluster/server on install; the platform runs its own copies.
-	@-pg_ctlcluster 15 main stop >/dev/null 2>&1; service redis-server stop >/dev/null 2>&1; true
+	@# Debian starts its own cluster/servers on install; the platform runs its own copies.
+	@-pg_ctlcluster 15 main stop >/dev/null 2>&1; service redis-server stop >/dev/null 2>&1; \
+	  service prometheus stop >/dev/null 2>&1; service prometheus-pushgateway stop >/dev/null 2>&1; true
 	@# .env (git-ignored, mode 600) from .env.example, every empty secret generated.
 	@$(PY) scripts/gen_secrets.py .env
 	@# As root, the services run as an unprivileged system user.
@@ -157,6 +158,13 @@ api: ## Model API Swagger UI URL (and open it)
 	$(call open_url,FASTAPI_PORT,Model API,(docs: /docs))
 check-compose: $(VENV)/.installed ## Static checks of the Compose stack (no Docker engine needed)
 	$(PY) scripts/check_compose.py
+
+.PHONY: monitoring
+# Airflow exports its OpenTelemetry metrics only with the profile's otlp-bridge there to take them.
+monitoring: ## Compose stack + profile monitoring (Prometheus, Pushgateway, Grafana; docs/monitoring.md): start and print the URLs
+	AIRFLOW__METRICS__OTEL_ON=True $(DC) --profile $(PROFILE) --profile monitoring up -d $(COMPOSE_BUILD) --wait
+	$(call open_url,GRAFANA_PORT,Grafana,(login: admin / see GRAFANA_ADMIN_PASSWORD in .env))
+	$(call open_url,PROMETHEUS_PORT,Prometheus,)
 
 .PHONY: demo-compose
 # Same journey as `make demo`, through Compose: with DATA the `replay` service serves the exports

@@ -69,16 +69,17 @@ COMPOSE_FILE = "docker-compose.yaml"
 
 # Profiles users of the template expect; `debug` only adds tools (the Airflow CLI).
 EXPECTED_PROFILES = {"all", "db", "minio", "mlflow", "airflow", "api", "debug", "replay",
-                     "notebooks"}
+                     "notebooks", "monitoring"}
 TOOL_PROFILES = {"debug"}
 # Add-on profiles: long-running services started on demand, beside `all` (offline data source,
-# JupyterLab). They need not be in `all`.
-ADDON_PROFILES = {"replay", "notebooks"}
+# JupyterLab, Prometheus + Pushgateway + Grafana). They need not be in `all`.
+ADDON_PROFILES = {"replay", "notebooks", "monitoring"}
 # Services allowed to publish ports (UIs and the model API), always bound to ${BIND_HOST}.
-PUBLISHED_SERVICES = {"airflow-apiserver", "mlflow", "minio", "fastapi", "jupyter"}
+PUBLISHED_SERVICES = {"airflow-apiserver", "mlflow", "minio", "fastapi", "jupyter", "prometheus",
+                      "grafana"}
 # Profiles started with `docker compose up --wait` (make up): each one-shot job in them must be
 # awaited by a long-running service, or --wait reports the job's exit as a failure.
-WAIT_PROFILES = {"all", "airflow", "mlflow", "api", "notebooks"}
+WAIT_PROFILES = {"all", "airflow", "mlflow", "api", "notebooks", "monitoring"}
 # Bind-mount sources that `make install` creates (they are not in git).
 CREATED_BY_INSTALL = {"airflow/logs", "airflow/plugins"}
 # Bind-mount sources given at run time (the default is a placeholder that must not exist, so a
@@ -93,6 +94,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "0.0.0.0", "[::1]")
 # Settings that only make sense on the host: published ports and the bind address.
 HOST_ONLY_SETTINGS = {
     "bind_host", "minio_port", "minio_port_ui", "mlflow_port", "airflow_port", "fastapi_port",
+    "prometheus_port", "grafana_port",
 }
 # Settings whose value names a host: containers must get the in-network value, never loopback.
 #: A value that deliberately grants nothing (the model server's S3 keys: it reads models through
@@ -106,7 +108,7 @@ def _mask(value: str) -> str:
 
 IN_NETWORK_SETTINGS = {
     "pg_host", "pg_port", "valkey_host", "valkey_port", "aws_endpoint_url_s3",
-    "mlflow_tracking_uri", "mlflow_s3_endpoint_url", "api_url",
+    "mlflow_tracking_uri", "mlflow_s3_endpoint_url", "api_url", "pushgateway_url",
 }
 # Settings only the native stack reads (its SeaweedFS and Airflow helper listeners, its replay
 # server, the model server's worker count), and secrets no Airflow container may hold (set-up
@@ -116,12 +118,14 @@ NATIVE_ONLY_SETTINGS = {
     "seaweedfs_volume_grpc_port", "seaweedfs_filer_port", "seaweedfs_filer_grpc_port",
     "seaweedfs_s3_grpc_port", "seaweedfs_admin_port", "airflow_worker_log_port",
     "airflow_triggerer_log_port", "airflow_scheduler_health_port", "replay_port", "api_workers",
+    "pushgateway_port", "otlp_bridge_port",
 }
 NOT_FOR_AIRFLOW = {
     "pg_admin_password", "pg_mlflow_auth_db", "pg_monitoring_user", "pg_monitoring_password",
     "s3_admin_access_key_id", "s3_admin_secret_access_key", "mlflow_s3_access_key_id",
     "mlflow_s3_secret_access_key", "mlflow_admin_username", "mlflow_admin_password",
     "mlflow_serving_username", "mlflow_serving_password", "mlflow_flask_server_secret_key",
+    "grafana_admin_password",
 }
 # Issue 13 (native side done): the Compose stack does not pass these yet (broker password, the
 # platform's MLflow account, the task heartbeat timeout). Remove each name once

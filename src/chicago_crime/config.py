@@ -43,6 +43,7 @@ EXPOSED_SECRETS = (
     "s3_admin_secret_access_key", "mlflow_s3_secret_access_key", "airflow_admin_password",
     "mlflow_admin_password", "mlflow_tracking_password", "mlflow_serving_password", "api_key",
     "pg_monitoring_password",
+    "grafana_admin_password",
 )
 
 
@@ -208,6 +209,14 @@ class Settings(BaseSettings):
     prediction_log_batch_size: int = Field(default=1_000, ge=1)
     prediction_log_flush_seconds: float = Field(default=1.0, gt=0)
     prediction_log_shutdown_seconds: float = Field(default=10.0, ge=0)
+    # monitoring (docs/monitoring.md): Prometheus scrapes the API, the Pushgateway and the OTLP
+    # bridge that receives Airflow's OpenTelemetry metrics; Grafana runs in Compose only.
+    prometheus_port: int = 9090
+    pushgateway_port: int = 9091
+    pushgateway_url: str = "http://127.0.0.1:9091"
+    otlp_bridge_port: int = 4318
+    grafana_port: int = 3000
+    grafana_admin_password: SecretStr | None = None
 
     @model_validator(mode="after")
     def _no_default_when_exposed(self) -> Settings:

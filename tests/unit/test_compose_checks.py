@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 COPIED = [
     "docker-compose.yaml", ".env.example", ".dockerignore", "dockerfiles", "secrets",
     "requirements.lock", "pyproject.toml", "README.md", "src", "airflow/dags", "scripts",
-    "notebooks",
+    "notebooks", "monitoring",
 ]
 
 

@@ -70,7 +70,7 @@ def _programs(settings, replay=None):
 
 def test_every_service_is_a_supervised_program_that_restarts(settings, state):
     progs = _programs(settings)
-    assert set(progs) == set(stack.BASE_SERVICES + stack.APP_SERVICES)
+    assert set(progs) == set(stack.BASE_SERVICES + stack.MONITORING_SERVICES + stack.APP_SERVICES)
     for prog in progs.values():
         conf = prog.render()
         assert "autorestart=true" in conf and "startretries=5" in conf

@@ -15,6 +15,12 @@ mlflow     mlflow                                ``mlflow server --app-name basi
 airflow-*  api-server, scheduler, dag-processor, ``airflow ...`` with the CeleryExecutor
            triggerer, worker
 api        fastapi                               ``uvicorn chicago_crime.serve.app:app``
+otlp-      otlp-bridge (Airflow's OpenTelemetry  ``python -m chicago_crime.monitoring.otlp_bridge``
+bridge     metrics for Prometheus)
+push-      pushgateway                           ``prometheus-pushgateway`` from Debian
+gateway
+prometheus prometheus (scrapes API, Pushgateway, ``prometheus`` from Debian (Grafana: Compose only)
+           OTLP bridge)
 ========== ===================================== =============================================
 
 Security (``hardening`` renders the locks): every password comes from ``.env`` (generated,
@@ -60,6 +66,8 @@ from pydantic import SecretStr
 from chicago_crime.config import Settings, is_loopback, load_settings
 from chicago_crime.devtools import hardening
 from chicago_crime.devtools.supervision import forget_gave_up, read_gave_up
+from chicago_crime.monitoring import scrape
+from chicago_crime.monitoring.otlp_bridge import airflow_metrics_env
 
 REPO = Path(os.environ.get("CHICAGO_CRIME_HOME", Path(__file__).resolve().parents[3]))
 STATE = Path(os.environ.get("LOCAL_STATE_DIR", REPO / ".local"))
@@ -79,6 +87,10 @@ LOOPBACK = "127.0.0.1"
 PORTAL = "portal"
 
 BASE_SERVICES = ("postgres", "redis", "s3")
+#: Started with the base services (they need nothing else; Prometheus retries its targets).
+MONITORING_SERVICES = ("otlp-bridge", "pushgateway", "prometheus")
+PROMETHEUS_BIN = Path("/usr/bin/prometheus")
+PUSHGATEWAY_BIN = Path("/usr/bin/prometheus-pushgateway")
 AIRFLOW_SERVICES = (
     "airflow-api-server", "airflow-scheduler", "airflow-dag-processor",
     "airflow-triggerer", "airflow-worker",
@@ -93,6 +105,7 @@ DATA_SOURCE_SETTINGS = ("SOCRATA_BASE_URL",)
 SETUP_ONLY_SECRETS = (
     "PG_ADMIN_PASSWORD", "S3_ADMIN_SECRET_ACCESS_KEY", "MLFLOW_S3_SECRET_ACCESS_KEY",
     "MLFLOW_ADMIN_PASSWORD", "MLFLOW_SERVING_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY",
+    "GRAFANA_ADMIN_PASSWORD",
 )
 #: Secrets only the model server holds: the prediction log's writer login.
 API_ONLY_SECRETS = ("PG_MONITORING_PASSWORD",)
@@ -337,6 +350,8 @@ def _airflow_env(settings: Settings) -> dict[str, str]:
             "variables_file_path": str(REPO / "secrets" / "variables.yaml"),
             "connections_file_path": str(REPO / "secrets" / "connections.yaml"),
         }),
+        # Every Airflow process pushes its OpenTelemetry metrics to the OTLP bridge.
+        **airflow_metrics_env(f"http://{LOOPBACK}:{settings.otlp_bridge_port}"),
         # Overrides from the caller's environment (e.g. a test's AIRFLOW__CORE__...) win.
         **{k: v for k, v in os.environ.items() if k.startswith("AIRFLOW__")},
     }
@@ -361,7 +376,8 @@ def native_urls(settings: Settings) -> dict[str, str]:
     s3 = f"http://{LOOPBACK}:{settings.minio_port}"
     return {"mlflow_tracking_uri": f"http://{host}:{settings.mlflow_port}",
             "api_url": f"http://{host}:{settings.fastapi_port}",
-            "aws_endpoint_url_s3": s3, "mlflow_s3_endpoint_url": s3}
+            "aws_endpoint_url_s3": s3, "mlflow_s3_endpoint_url": s3,
+            "pushgateway_url": f"http://{LOOPBACK}:{settings.pushgateway_port}"}
 
 
 def url_mismatches(settings: Settings) -> list[str]:
@@ -545,6 +561,20 @@ def programs(settings: Settings, replay_dir: str | None, account: Account,
                                  f" --workers {s.api_workers} --timeout-worker-healthcheck 120"
                                  " --timeout-graceful-shutdown 30", grace=5),
                 autostart=False, user=user, startsecs=5),
+    ]
+    mon = STATE / "prometheus"
+    progs += [
+        Program("otlp-bridge", f"{b / 'python'} -m chicago_crime.monitoring.otlp_bridge"
+                f" --host {LOOPBACK} --port {s.otlp_bridge_port}",
+                autostart=True, user=user, startsecs=2),
+        Program("pushgateway", f"{PUSHGATEWAY_BIN} --web.listen-address={LOOPBACK}:"
+                f"{s.pushgateway_port} --persistence.file={STATE / 'pushgateway' / 'metrics'}"
+                " --persistence.interval=1m", autostart=True, user=user, startsecs=2),
+        Program("prometheus", f"{PROMETHEUS_BIN} --config.file={mon / 'prometheus.yml'}"
+                f" --storage.tsdb.path={mon / 'data'} --storage.tsdb.retention.time=15d"
+                f" --web.listen-address={LOOPBACK}:{s.prometheus_port}",
+                autostart=True, user=user, startsecs=2,
+                digest=_file_digest(scrape.SCRAPE_CONFIG)),
     ]
     if replay_dir:
         progs.append(Program(
@@ -823,6 +853,12 @@ def app_probe(name: str, settings: Settings) -> tuple[bool, str]:
     if name == "api":
         ready, _, detail = api_readiness(s)
         return ready, detail
+    if name in MONITORING_SERVICES:
+        port, path = {"otlp-bridge": (s.otlp_bridge_port, "/health"),
+                      "pushgateway": (s.pushgateway_port, "/-/ready"),
+                      "prometheus": (s.prometheus_port, "/-/ready")}[name]
+        ok, body = _http_ok(f"http://{LOOPBACK}:{port}{path}")
+        return ok, body.strip()
     if name == REPLAY:
         ok = _port_open(s.replay_port)
         return ok, "serving a folder of exports" if ok else "replay port closed"
@@ -848,7 +884,7 @@ def _tail(path: Path, lines: int) -> str:
 
 def configured_services(replay_dir: str | None) -> tuple[str, ...]:
     extra = (REPLAY,) if replay_dir else ()
-    return BASE_SERVICES + extra + APP_SERVICES
+    return BASE_SERVICES + MONITORING_SERVICES + extra + APP_SERVICES
 
 
 def probe_all(settings: Settings) -> list[Probe]:
@@ -884,7 +920,8 @@ def _prepare_dirs(account: Account) -> None:
         os.chmod(root_only, 0o700)
     for private in (SVC, SVC / "env", SVC / "run", SVC / "home", STATE / "redis", STATE / "s3",
                     STATE / "s3" / "data", STATE / "s3" / "run", STATE / "s3" / "certs",
-                    STATE / "mlflow", STATE / "airflow", STATE / "airflow" / "logs"):
+                    STATE / "mlflow", STATE / "airflow", STATE / "airflow" / "logs",
+                    STATE / "prometheus", STATE / "prometheus" / "data", STATE / "pushgateway"):
         _own_tree(private, account)
     (REPO / "airflow" / "plugins").mkdir(parents=True, exist_ok=True)
     pg = pg_home()
@@ -1066,7 +1103,8 @@ def _all_ports(settings: Settings) -> list[int]:
             s.seaweedfs_master_grpc_port, s.seaweedfs_volume_port, s.seaweedfs_volume_grpc_port,
             s.seaweedfs_filer_port, s.seaweedfs_filer_grpc_port, s.seaweedfs_s3_grpc_port,
             s.minio_port_ui, s.seaweedfs_admin_port + 10000, s.mlflow_port,
-            s.airflow_port, s.airflow_scheduler_health_port, s.fastapi_port, s.replay_port]
+            s.airflow_port, s.airflow_scheduler_health_port, s.fastapi_port, s.replay_port,
+            s.prometheus_port, s.pushgateway_port, s.otlp_bridge_port]
 
 
 def _start_supervisord(settings: Settings) -> None:
@@ -1131,7 +1169,8 @@ def up(data: str | None = None, timeout: float = 300.0) -> int:
     for mismatch in url_mismatches(settings):
         print(f"warning: .env has {mismatch}; the services use this stack's port, but the CLI, "
               "notebooks and tests read the value in .env", flush=True)
-    for tool in (PG_BIN / "postgres", Path("/usr/bin/redis-server"), VENV_BIN / "weed"):
+    for tool in (PG_BIN / "postgres", Path("/usr/bin/redis-server"), VENV_BIN / "weed",
+                 PROMETHEUS_BIN, PUSHGATEWAY_BIN):
         if not tool.exists():
             raise StackError(f"{tool} is missing: run `make install-native` first")
     account = service_account()
@@ -1141,6 +1180,8 @@ def up(data: str | None = None, timeout: float = 300.0) -> int:
     _initdb()
     hba_changed = _write_pg_hba(settings)
     _write_service_configs(settings, account)
+    scrape.write_native_config(STATE / "prometheus", settings, client_host(settings))
+    _own_tree(STATE / "prometheus", account)
     progs = programs(settings, replay_dir, account)
     head_changed = _write_private(SUPERVISOR_CONF, supervisor_head())
     running = supervisor_running()
@@ -1199,6 +1240,8 @@ def print_urls(settings: Settings, replay_dir: str | None) -> None:
   Model API       http://{h}:{s.fastapi_port}/docs   ({api_detail}); reload key API_KEY
   PostgreSQL      {h}:{s.pg_port}   user {s.pg_user} / PG_PASSWORD   databases {s.pg_airflow_db}, {s.pg_mlflow_db}, {s.pg_monitoring_db}
   Broker (redis)  {h}:{s.valkey_port}   password VALKEY_PASSWORD
+  Prometheus      http://{LOOPBACK}:{s.prometheus_port}   (loopback; scrapes the API, the Pushgateway and Airflow's metrics; Grafana: Compose profile monitoring)
+  Pushgateway     http://{LOOPBACK}:{s.pushgateway_port}   Airflow metrics (OTLP bridge) http://{LOOPBACK}:{s.otlp_bridge_port}/metrics
   Passwords       in {env} (mode 600, never printed): e.g. grep AIRFLOW_ADMIN_PASSWORD {env}
   Logs            {LOGS}/   (crashes and recoveries: {ALERTS})
 """, flush=True)  # noqa: E501
