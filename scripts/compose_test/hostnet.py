@@ -52,6 +52,11 @@ LISTENS: dict[str, tuple[int, ...]] = {
     "fastapi": (8800,),
     "replay": (8765,),
     "jupyter": (8888,),
+    # profile monitoring (not started by the Compose test: no Grafana image offline)
+    "otlp-bridge": (4318,),
+    "pushgateway": (9091,),
+    "prometheus": (9090,),
+    "grafana": (3000,),
 }
 # Offsets from the base port. The MinIO stand-in derives SeaweedFS's internal ports from the S3
 # port (+10 .. +24), hence the gap after it.
@@ -60,6 +65,8 @@ OFFSETS: dict[tuple[str, int], int] = {
     ("airflow-apiserver", 8080): 3, ("airflow-scheduler", 8974): 4,
     ("airflow-worker", 8793): 5, ("airflow-triggerer", 8794): 6, ("fastapi", 8800): 7,
     ("replay", 8765): 8, ("jupyter", 8888): 9,
+    ("otlp-bridge", 4318): 10, ("pushgateway", 9091): 11, ("prometheus", 9090): 12,
+    ("grafana", 3000): 13,
     ("minio", 9000): 20, ("minio", 9001): 21,
 }
 BLOCK = 50  # ports base .. base+49 (MinIO's derived ports end at base+44)
@@ -258,6 +265,18 @@ def _move_jupyter(s: Service, ports: PortMap) -> None:
     s.command = set_flag(cmd, "--ServerApp.port", str(ports("jupyter", 8888)), add=False)
 
 
+def _move_listen_address(service: str, port: int) -> Callable[[Service, PortMap], None]:
+    """Prometheus and the Pushgateway: ``--web.listen-address=host:port``."""
+    def move(s: Service, ports: PortMap) -> None:
+        s.command = set_flag(s.command, "--web.listen-address",
+                             f"{LOOPBACK}:{ports(service, port)}")
+    return move
+
+
+def _move_grafana(s: Service, ports: PortMap) -> None:
+    s.env(GF_SERVER_HTTP_ADDR=LOOPBACK, GF_SERVER_HTTP_PORT=str(ports("grafana", 3000)))
+
+
 def _move_airflow(s: Service, ports: PortMap) -> None:
     # Every Airflow component knows where the others listen (log servers, api-server).
     s.env(
@@ -279,6 +298,10 @@ MOVES: dict[str, Callable[[Service, PortMap], None]] = {
     "fastapi": _move_flags("fastapi", 8800),
     "replay": _move_flags("replay", 8765),
     "jupyter": _move_jupyter,
+    "otlp-bridge": _move_flags("otlp-bridge", 4318),
+    "pushgateway": _move_listen_address("pushgateway", 9091),
+    "prometheus": _move_listen_address("prometheus", 9090),
+    "grafana": _move_grafana,
 }
 
 

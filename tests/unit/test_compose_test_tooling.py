@@ -88,6 +88,11 @@ def test_every_listening_port_moves_to_the_block(merged):
     assert worker["SOCRATA_BASE_URL"] == "http://127.0.0.1:47108"
     assert s["airflow-apiserver"]["healthcheck"]["test"][-1] == (
         "http://127.0.0.1:47103/api/v2/version")
+    # profile monitoring (moved too, though the Compose test does not start it)
+    assert s["otlp-bridge"]["command"][-2:] == ["--port", "47110"]
+    assert s["prometheus"]["command"][-2:] == ["--web.listen-address", "127.0.0.1:47112"]
+    assert s["grafana"]["environment"]["GF_SERVER_HTTP_PORT"] == "47113"
+    assert worker["OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"] == "http://127.0.0.1:47110/v1/metrics"
     for name, svc in s.items():
         assert svc["network_mode"] == "host", name
         assert not svc.get("ports"), name
@@ -95,8 +100,8 @@ def test_every_listening_port_moves_to_the_block(merged):
 
 def test_a_service_without_known_ports_is_refused(resolved):
     broken = json.loads(json.dumps(resolved))
-    broken["services"]["grafana"] = {"image": "grafana/grafana:12.0.0"}
-    with pytest.raises(hostnet.OverrideError, match="grafana not covered"):
+    broken["services"]["loki"] = {"image": "grafana/loki:3.5.0"}
+    with pytest.raises(hostnet.OverrideError, match="loki not covered"):
         hostnet.build_override(broken, hostnet.PortMap.at(47100), {})
 
 
