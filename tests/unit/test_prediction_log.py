@@ -357,3 +357,12 @@ def test_the_record_id_is_the_portal_id():
         assert CrimeRecord.model_validate({**EXAMPLE_RECORD, "id": odd}).record_id is None
     assert CrimeRecord.model_validate({"date": "2018-03-01", "primary_type": "X"}).record_id \
         is None
+
+
+def test_the_writer_url_is_the_writer_login_on_the_monitoring_database():
+    s = settings_for(pg_monitoring_password="p@ss/word", pg_port=6543)
+    assert s.pg_monitoring_url("postgresql+psycopg") == (
+        "postgresql+psycopg://monitoring_writer:p%40ss%2Fword@127.0.0.1:6543/monitoring")
+    conninfo = PL.PostgresSink.from_settings(s)._conninfo
+    assert (conninfo["user"], conninfo["dbname"], conninfo["password"]) == (
+        "monitoring_writer", "monitoring", "p@ss/word")
