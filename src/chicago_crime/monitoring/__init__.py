@@ -1,0 +1,1 @@
+"""Monitoring of the served model: drift and decay per month (``monitor_model``)."""
