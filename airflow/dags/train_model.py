@@ -2,9 +2,9 @@
 
 Scheduled on the asset ``chicago_crime_retrain_requested``, which ``monitor_model`` updates
 when a month's drift or decay passes the thresholds of the settings, or when there is no
-champion yet (the month and the reason come from the asset event): retraining happens on evidence, not
-because the ETL ran. Trigger it by hand with ``{"month": "YYYY-MM"}`` to retrain any month
-already processed. The champion alias moves only when the new version beats the
+champion yet (the month and the reason come from the asset event): retraining happens on
+evidence, not because the ETL ran. Trigger it by hand with ``{"month": "YYYY-MM"}`` to retrain
+any month already processed. The champion alias moves only when the new version beats the
 current champion on the same test set (see ``chicago_crime.model.registry``).
 
 The DAG only declares the graph: the package is imported inside the tasks.

@@ -96,7 +96,8 @@ def _assessment(drift=(), auc_drop=None, ece_rise=None, champion=True):
         decay = {"champion": {"roc_auc": 0.9, "ece": 0.01, "brier": 0.1},
                  "monthly": {"roc_auc": 0.9 - (auc_drop or 0), "ece": 0.01 + (ece_rise or 0),
                              "brier": 0.1},
-                 "auc_drop": auc_drop, "ece_rise": ece_rise}
+                 "auc_drop": auc_drop, "ece_rise": ece_rise, "labelled_rows": 1000,
+                 "excluded_trained_rows": 0, "unseen_rows": 1000, "logged": None, "note": None}
     return {"month": "2018-07", "champion": {"version": "3"} if champion else None,
             "drift": list(drift), "decay": decay,
             "thresholds": {"psi": 0.2, "p_value": 0.01, "auc_drop": 0.03, "ece_rise": 0.05}}

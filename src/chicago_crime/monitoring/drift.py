@@ -23,6 +23,7 @@ scipy and a few lines of HTML give (:mod:`chicago_crime.monitoring.report`).
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -95,10 +96,8 @@ def _numeric_bins(reference: np.ndarray, current: np.ndarray,
         cuts = np.unique(np.quantile(ref_valid, np.linspace(0, 1, NUMERIC_BINS + 1)[1:-1]))
     else:
         cuts = np.array([])
-    labels = []
     edges = [-math.inf, *cuts.tolist(), math.inf]
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
-        labels.append(f"({lo:.4g}, {hi:.4g}]")
+    labels = [f"({lo:.4g}, {hi:.4g}]" for lo, hi in itertools.pairwise(edges)]
     n_bins = len(edges) - 1
 
     def counts(valid: np.ndarray, total: int) -> np.ndarray:

@@ -114,8 +114,9 @@ def reference_records(lake: Lake, card: registry.ModelCard, settings: Settings,
         raise MonitoringDataMissing(f"champion v{card.version} has no month on its card")
     window = etl.read_window(lake, card.month)
     if window is None:
-        raise MonitoringDataMissing(f"the champion's window {lake.uri(layout.window_key(card.month))}"
-                                    " is gone; rerun etl_with_taskflow for " + card.month)
+        key = lake.uri(layout.window_key(card.month))
+        raise MonitoringDataMissing(f"the champion's window {key} is gone; rerun "
+                                    f"etl_with_taskflow for {card.month}")
     if card.window_start and card.window_end:
         window = _in_dates(window, card.window_start, card.window_end)
     rows = settings.monitor_reference_rows

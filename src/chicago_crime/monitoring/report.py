@@ -71,9 +71,9 @@ def render(assessment: dict[str, Any], decision: dict[str, Any]) -> str:
         parts.append("<h2>Performance on the month's labelled records</h2>")
         if decay.get("note"):
             parts.append(f"<p><i>{escape(decay['note'])}</i></p>")
-        parts.append(f"<p>{decay['labelled_rows']:,} labelled records; "
-                     f"{decay['excluded_trained_rows']:,} left out because the champion "
-                     f"trained on them; {decay['unseen_rows']:,} scored.</p>")
+        parts.append(f"<p>{decay.get('labelled_rows', 0):,} labelled records; "
+                     f"{decay.get('excluded_trained_rows', 0):,} left out because the champion "
+                     f"trained on them; {decay.get('unseen_rows', 0):,} scored.</p>")
         rows = [("champion's test split", decay.get("champion") or {}),
                 ("this month (champion)", decay.get("monthly") or {}),
                 ("this month (logged predictions)", decay.get("logged") or {})]
