@@ -50,7 +50,7 @@ def render(assessment: dict[str, Any], decision: dict[str, Any]) -> str:
              f"<h1>Monitoring of {month}</h1>",
              f"<p>Decision: <span class={escape(action)}>"
              f"{'retrain' if action == 'retrain' else 'no action'}</span> — "
-             f"{escape(decision['reason'])}</p>"]
+             f"{escape(decision['reason'].removeprefix('no action: '))}</p>"]
     if champ:
         parts.append(
             f"<p>Champion v{escape(str(champ['version']))}, trained on "
