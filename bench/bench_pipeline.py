@@ -34,15 +34,17 @@ def main() -> None:
     parser.add_argument("--fresh", action="store_true", help="empty the lake's data first")
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--to-champion", action="store_true",
-                        help="also wait for train_model and a served champion")
+                        help="also wait for monitor_model, train_model (when the monitoring "
+                             "requests it) and a served champion")
     args = parser.parse_args()
     settings = get_settings()
     af = connect(settings)
     lake = Lake(settings=settings)
-    for dag_id in (demo.ETL_DAG, demo.TRAIN_DAG):
+    for dag_id in demo.PIPELINE_DAGS:
         wait_for_dag(af, dag_id)
     af.dags.patch_dag(demo.ETL_DAG, DAGPatchBody(is_paused=False))
-    af.dags.patch_dag(demo.TRAIN_DAG, DAGPatchBody(is_paused=not args.to_champion))
+    for follower in (demo.MONITOR_DAG, demo.TRAIN_DAG):
+        af.dags.patch_dag(follower, DAGPatchBody(is_paused=not args.to_champion))
 
     walls, champion_walls = [], []
     per_task: dict[str, list[float]] = {}
@@ -58,7 +60,7 @@ def main() -> None:
             if (secs := _seconds(ti)) is not None:
                 per_task.setdefault(ti.task_id, []).append(secs)
         if args.to_champion:
-            demo.wait_for_training(af, after=run.start_date)
+            demo.follow_etl(af, run)
             demo.wait_for_champion(settings)
             champion_walls.append(time.monotonic() - started)
         print(f"run {i + 1}: ETL DAG {walls[-1]:.1f}s"

@@ -6,7 +6,8 @@ settings), and passes only small values (the month, lake keys, counts) through X
 ingestion (``setup_s3`` -> ``download_data`` -> ``build_window``) there is one task per row of
 the stage table (:mod:`chicago_crime.stages`), named like its stage: adding a stage adds a
 task without editing this file. ``publish_dataset`` logs the month's data-quality run and
-updates the asset ``train_model`` is scheduled on.
+updates the asset ``monitor_model`` is scheduled on (which requests ``train_model`` when the
+month drifted or the champion decayed).
 
 The run's month is the month of its data interval start (``@monthly`` with data intervals:
 the run for 2018-06 covers [2018-06-01, 2018-07-01) and starts once the month is over). The
@@ -46,7 +47,7 @@ def _continue(result: dict[str, Any]) -> dict[str, Any]:
     catchup=False,
     max_active_runs=1,
     # Unpaused from the start: the UI's Trigger button unpauses only the DAG it triggers, and
-    # train_model must follow the ETL through the asset without a manual unpause.
+    # monitor_model must follow the ETL through the asset without a manual unpause.
     is_paused_upon_creation=False,
     default_args=DEFAULT_ARGS,
     tags=["etl", "chicago_crime"],

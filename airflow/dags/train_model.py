@@ -1,7 +1,9 @@
 """Train, evaluate and register the arrest model for a month, on the Celery worker.
 
-Scheduled on the asset ``etl_with_taskflow`` publishes (the month's ML-ready dataset); the
-month comes from the asset event. Trigger it by hand with ``{"month": "YYYY-MM"}`` to retrain
+Scheduled on the asset ``chicago_crime_retrain_requested``, which ``monitor_model`` updates
+when a month's drift or decay passes the thresholds of the settings, or when there is no
+champion yet (the month and the reason come from the asset event): retraining happens on
+evidence, not because the ETL ran. Trigger it by hand with ``{"month": "YYYY-MM"}`` to retrain
 any month already processed. The champion alias moves only when the new version beats the
 current champion on the same test set (see ``chicago_crime.model.registry``).
 
@@ -16,17 +18,17 @@ from typing import Any
 import pendulum
 from airflow.sdk import Param, dag, task
 
-from chicago_crime.assets import ML_READY
+from chicago_crime.assets import RETRAIN_REQUESTED
 
 
 @dag(
     dag_id="train_model",
-    schedule=[ML_READY],
+    schedule=[RETRAIN_REQUESTED],
     start_date=pendulum.datetime(2018, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
     # Unpaused from the start: the UI's Trigger button unpauses only the DAG it triggers, and
-    # train_model must follow the ETL through the asset without a manual unpause.
+    # train_model must follow monitor_model through the asset without a manual unpause.
     is_paused_upon_creation=False,
     default_args={"owner": "ml-platform", "retries": 0},
     params={"month": Param(None, type=["null", "string"], pattern=r"^\d{4}-\d{2}$",
@@ -37,14 +39,20 @@ from chicago_crime.assets import ML_READY
 def train_model():
     @task
     def resolve_month(params=None, triggering_asset_events=None) -> str:
+        """The month to train: the trigger's, else the retraining request's (its reason is
+        logged)."""
+        import logging
+
         if params and params.get("month"):
             return params["month"]
-        events = triggering_asset_events[ML_READY] if triggering_asset_events else []
-        months = [e.extra.get("month") for e in events if e.extra and e.extra.get("month")]
-        if not months:
+        events = triggering_asset_events[RETRAIN_REQUESTED] if triggering_asset_events else []
+        requests = [e.extra for e in events if e.extra and e.extra.get("month")]
+        if not requests:
             raise ValueError("no month: trigger with conf {\"month\": \"YYYY-MM\"} or let "
-                             "etl_with_taskflow publish the dataset")
-        return months[-1]
+                             "monitor_model request retraining")
+        logging.getLogger(__name__).info("retraining %s requested by monitor_model: %s",
+                                         requests[-1]["month"], requests[-1].get("reason"))
+        return requests[-1]["month"]
 
     @task(execution_timeout=timedelta(minutes=30))
     def train_and_register(month: str) -> dict[str, Any]:

@@ -14,7 +14,8 @@ dockerd and stops it on every exit path). Phases, each timed:
 4. ``up --wait`` of ``--profile all`` + ``replay`` + ``notebooks``, ``airflow-worker`` scaled
 5. the journey: DAGs listed through Airflow's REST API (pipeline DAGs unpaused at creation),
    ``etl_with_taskflow`` triggered for a month as the UI's Trigger button does, the ETL run by the
-   Celery worker containers, ``train_model`` run by the asset event, the champion loaded by the API
+   Celery worker containers, ``monitor_model`` run by the dataset's asset event (no champion yet:
+   it requests retraining), ``train_model`` run by that request, the champion loaded by the API
    container, ``/predict`` on a real record, the lake's objects, ``make champion`` through Compose,
    MLflow reachable from the LAN (BIND_HOST=0.0.0.0) and closed to other hosts, the hostile
    subset (MLflow's accounts, the lake's least-privilege users and MinIO's admin API, the
@@ -59,7 +60,8 @@ import images  # noqa: E402
 REPO = HERE.parents[1]
 PROJECT = "chicago-crime-ci"
 PROFILES = ("all", "replay", "notebooks")
-ETL_DAG, TRAIN_DAG = "etl_with_taskflow", "train_model"
+ETL_DAG, MONITOR_DAG, TRAIN_DAG = "etl_with_taskflow", "monitor_model", "train_model"
+PIPELINE_DAGS = (ETL_DAG, MONITOR_DAG, TRAIN_DAG)
 # The DAG's tasks: ingestion, one task per row of the stage table, publication.
 ETL_TASKS = ("setup_s3", "download_data", "build_window", *(s.task_id for s in STAGES),
              "publish_dataset")
@@ -204,6 +206,21 @@ class Airflow:
         return run
 
 
+def follow_asset(af: Airflow, dag_id: str, after: str, timeout: float) -> dict[str, Any]:
+    """The run of ``dag_id`` an asset event started after ``after``, waited to success."""
+    deadline = time.monotonic() + 600
+    while True:
+        runs = af("GET", f"/dags/{dag_id}/dagRuns",
+                  params={"order_by": "-run_after", "limit": 10})["dag_runs"]
+        runs = [r for r in runs if r.get("run_type") == "asset_triggered"
+                and (r.get("run_after") or "") >= after]
+        if runs:
+            return af.wait_run(dag_id, runs[0]["dag_run_id"], timeout=timeout)
+        if time.monotonic() > deadline:
+            raise JourneyError(f"no asset-triggered {dag_id} run within 600 s of {after}")
+        time.sleep(3)
+
+
 def month_end(month: str) -> str:
     year, mon = (int(x) for x in month.split("-"))
     year, mon = (year + 1, 1) if mon == 12 else (year, mon + 1)
@@ -221,17 +238,17 @@ def journey(compose: Compose, ports: hostnet.PortMap, env: dict[str, str], month
         deadline = time.monotonic() + 600
         while True:
             dags = {d["dag_id"]: d for d in af("GET", "/dags", params={"limit": 100})["dags"]}
-            if {ETL_DAG, TRAIN_DAG} <= set(dags):
+            if set(PIPELINE_DAGS) <= set(dags):
                 break
             if time.monotonic() > deadline:
                 errors = af("GET", "/importErrors")["import_errors"]
                 detail = "; ".join(f"{e['filename']}: {e['stack_trace'].strip().splitlines()[-1]}"
                                    for e in errors) or "no import error recorded"
-                raise JourneyError(f"DAGs {ETL_DAG}, {TRAIN_DAG} not listed within 600 s "
+                raise JourneyError(f"DAGs {', '.join(PIPELINE_DAGS)} not listed within 600 s "
                                    f"(listed: {sorted(dags)}); import errors: {detail}")
             time.sleep(5)
         say(f"DAGs: {', '.join(sorted(dags))}")
-        paused = [d for d in (ETL_DAG, TRAIN_DAG) if dags[d]["is_paused"]]
+        paused = [d for d in PIPELINE_DAGS if dags[d]["is_paused"]]
         if paused:
             raise JourneyError(f"{', '.join(paused)} paused at creation: a UI trigger of "
                                f"{ETL_DAG} would train nothing (is_paused_upon_creation)")
@@ -253,19 +270,17 @@ def journey(compose: Compose, ports: hostnet.PortMap, env: dict[str, str], month
             raise JourneyError(f"no airflow-worker container logged these ETL tasks: {missing}")
         say(f"all {len(ETL_TASKS)} ETL tasks ran on the airflow-worker containers")
 
-    with phase(f"journey: {TRAIN_DAG} follows through the asset (no unpause)", timings):
-        deadline = time.monotonic() + 600
-        while True:
-            runs = af("GET", f"/dags/{TRAIN_DAG}/dagRuns",
-                      params={"order_by": "-run_after", "limit": 10})["dag_runs"]
-            runs = [r for r in runs if r.get("run_type") == "asset_triggered"
-                    and (r.get("run_after") or "") >= etl["start_date"]]
-            if runs:
-                break
-            if time.monotonic() > deadline:
-                raise JourneyError(f"no asset-triggered {TRAIN_DAG} run within 600 s of the ETL")
-            time.sleep(3)
-        af.wait_run(TRAIN_DAG, runs[0]["dag_run_id"], timeout=1800)
+    with phase(f"journey: {MONITOR_DAG} follows through the asset, requests retraining",
+               timings):
+        monitor = follow_asset(af, MONITOR_DAG, etl["start_date"], timeout=900)
+        branch = af("GET", f"/dags/{MONITOR_DAG}/dagRuns/{monitor['dag_run_id']}"
+                    "/taskInstances/request_retraining")
+        if branch.get("state") != "success":  # a fresh stack has no champion
+            raise JourneyError(f"{MONITOR_DAG} did not request retraining on a fresh stack "
+                               f"(request_retraining {branch.get('state')})")
+
+    with phase(f"journey: {TRAIN_DAG} follows the retraining request (no unpause)", timings):
+        follow_asset(af, TRAIN_DAG, monitor["start_date"], timeout=1800)
 
     with phase("journey: the API container loads the champion, /predict answers", timings):
         poll = float(env.get("MODEL_POLL_SECONDS") or 30)

@@ -1,8 +1,14 @@
 """The Airflow assets of the platform, declared once for the DAGs that produce and consume them.
 
-``etl_with_taskflow`` updates :data:`ML_READY` when a month's ML-ready dataset is in the lake
-(the event's ``extra`` names the month and its selected features); ``train_model`` is scheduled
-on it. The asset is identified by name only (its URI is the name): declaring it needs no
+* :data:`ML_READY`: ``etl_with_taskflow`` updates it when a month's ML-ready dataset is in the
+  lake (the event's ``extra`` names the month and its selected features); ``monitor_model`` is
+  scheduled on it.
+* :data:`RETRAIN_REQUESTED`: ``monitor_model`` updates it when a month's drift or decay passes
+  the thresholds (or there is no champion yet); the event's ``extra`` holds ``month`` and
+  ``reason``. ``train_model`` is scheduled on it: retraining happens on evidence, not because
+  the ETL ran.
+
+The assets are identified by name only (the URI is the name): declaring them needs no
 settings, so DAG files import this module at parse time for free; where the data lives is in
 the event and in :mod:`chicago_crime.layout`.
 """
@@ -13,3 +19,5 @@ from airflow.sdk import Asset
 
 ML_READY_NAME = "chicago_crimes_ml_ready"
 ML_READY = Asset(name=ML_READY_NAME)
+RETRAIN_REQUESTED_NAME = "chicago_crime_retrain_requested"
+RETRAIN_REQUESTED = Asset(name=RETRAIN_REQUESTED_NAME)

@@ -178,6 +178,21 @@ class Settings(BaseSettings):
     promotion_margin: float = Field(default=0.002, ge=0)
     primary_metric: str = "roc_auc"
 
+    # monitoring (monitor_model: drift and decay of the champion, month by month)
+    monitor_experiment: str = "chicago_arrest_monitoring"
+    #: A feature drifts when its PSI reaches this AND its KS/chi-squared p-value is below
+    #: MONITOR_P_VALUE (large samples make any difference "significant": PSI sizes it).
+    monitor_psi_threshold: float = Field(default=0.2, gt=0)
+    monitor_p_value: float = Field(default=0.01, gt=0, lt=1)
+    #: Retrain when the month's ROC AUC is this much below the champion's own test figure, or
+    #: its ECE this much above it.
+    monitor_auc_drop: float = Field(default=0.03, ge=0)
+    monitor_ece_rise: float = Field(default=0.05, ge=0)
+    #: Records of the champion's training window sampled as the drift reference.
+    monitor_reference_rows: int = Field(default=50_000, ge=1_000)
+    #: Prometheus Pushgateway (e.g. http://127.0.0.1:9091); unset: no gauges are pushed.
+    pushgateway_url: str | None = None
+
     # model server
     fastapi_port: int = 8800
     api_url: str = "http://127.0.0.1:8800"

@@ -7,7 +7,8 @@ Each ETL stage (:mod:`chicago_crime.stages`) writes under one prefix derived fro
 ``2-processed-data/{stamp}/{stage}/`` (``train.parquet``, ``test.parquet``, ``report.json`` and
 the fitted ``{stage}.skops``, and last ``manifest.json``, see :mod:`chicago_crime.manifest`);
 ``enrich`` writes next to the enriched CSV, ``1-enriched-data/crimes_enriched_{stamp}_`` +
-``report.json`` / ``enrich.skops`` / ``manifest.json``.
+``report.json`` / ``enrich.skops`` / ``manifest.json``. ``monitor_model`` writes
+``3-monitoring/{month}/`` (:func:`monitoring_prefix`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ WINDOW_PREFIX = "0-raw-data/data/"
 QUARANTINE_PREFIX = "0-raw-data/quarantine/"
 ENRICHED_PREFIX = "1-enriched-data/"
 PROCESSED_PREFIX = "2-processed-data/"
+MONITORING_PREFIX = "3-monitoring/"
 #: Written last by every stage, and the claim of the attempt writing it (see
 #: :mod:`chicago_crime.manifest`).
 MANIFEST_FILE = "manifest.json"
@@ -123,3 +125,9 @@ def report_key(month: str, stage: str) -> str:
 def manifest_key(month: str, stage: str) -> str:
     """The stage's manifest, written last (:mod:`chicago_crime.manifest`)."""
     return stage_key(month, stage, MANIFEST_FILE)
+
+
+def monitoring_prefix(month: str) -> str:
+    """Where ``monitor_model`` writes a month's assessment (``summary.json``, ``report.html``
+    and, last, ``manifest.json``)."""
+    return f"{MONITORING_PREFIX}{month}/"

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import pytest
 from playwright.sync_api import expect
 
-from chicago_crime.devtools.demo import ETL_DAG, TRAIN_DAG
+from chicago_crime.devtools.demo import PIPELINE_DAGS
 from chicago_crime.model import registry
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3600)]
@@ -56,16 +56,16 @@ def latest_successful_run(airflow: Any, dag_id: str) -> str:
     return runs[0].dag_run_id
 
 
-def test_airflow_lists_both_dags_with_a_successful_run(journey, page, airflow, stack_settings,
-                                                       screenshots) -> None:
+def test_airflow_lists_the_pipeline_dags_with_a_successful_run(
+        journey, page, airflow, stack_settings, screenshots) -> None:
     airflow_login(page, stack_settings, screenshots)
     page.goto(f"{stack_settings.airflow_url}/dags")
-    for dag_id in (ETL_DAG, TRAIN_DAG):
+    for dag_id in PIPELINE_DAGS:
         expect(page.get_by_role("link", name=dag_id, exact=True).first).to_be_visible(
             timeout=UI_TIMEOUT)
     shot(page, screenshots, "airflow_2_dags")
     # each DAG's runs tab, filtered to successful runs, shows its latest successful run
-    for dag_id in (ETL_DAG, TRAIN_DAG):
+    for dag_id in PIPELINE_DAGS:
         run_id = latest_successful_run(airflow, dag_id)
         page.goto(f"{stack_settings.airflow_url}/dags/{dag_id}/runs?state=success")
         row = page.get_by_role("row").filter(

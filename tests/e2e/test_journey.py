@@ -1,10 +1,12 @@
 """The user's journey on the native stack, exactly as ``make demo`` runs it, then a rerun.
 
 ``run_demo("2018-06")`` (session fixture ``journey``) triggers ``etl_with_taskflow`` through
-Airflow's REST API, lets ``train_model`` follow through the asset and waits for the API to
-serve the champion. These tests check what that left behind: every stage of the lake, the
-MLflow runs, the registry, predictions for real portal records; and that triggering the same
-month again changes no object of the lake and promotes no second version.
+Airflow's REST API, lets ``monitor_model`` follow through the dataset asset and ``train_model``
+through its retraining request, and waits for the API to serve the champion. These tests check
+what that left behind: every stage of the lake, the monitoring run and its report, the MLflow
+runs, the registry, predictions for real portal records; and that triggering the same month
+again changes no object of the ETL's lake, finds no drift (no retraining) and promotes no
+second version.
 """
 
 from __future__ import annotations
@@ -20,7 +22,14 @@ import requests
 from sklearn.metrics import roc_auc_score
 
 from chicago_crime import layout, stages
-from chicago_crime.devtools.demo import ETL_DAG, TRAIN_DAG, run_etl, wait_for_training
+from chicago_crime.devtools.demo import (
+    ETL_DAG,
+    MONITOR_DAG,
+    TRAIN_DAG,
+    follow_etl,
+    monitor_decision,
+    run_etl,
+)
 from chicago_crime.ingest import crime_months
 from chicago_crime.model import registry
 from chicago_crime.portal import crimes_export_path, read_export, to_soda_json
@@ -80,15 +89,51 @@ def class_counts(lake: Any, month: str, stage: str) -> dict[bool, int]:
 def test_demo_served_a_champion(journey, airflow, stack_settings) -> None:
     assert journey.model["name"] == stack_settings.model_name
     assert journey.model["alias"] == stack_settings.champion_alias
-    for dag_id in (ETL_DAG, TRAIN_DAG):
+    for dag_id in (ETL_DAG, MONITOR_DAG, TRAIN_DAG):
         assert airflow.dags.get_dag(dag_id).is_paused is False
     etl_run = airflow.dag_runs.get_dag_run(ETL_DAG, f"manual__{journey.month}")
     assert etl_run.state == "success"
     assert etl_run.data_interval_start.isoformat().startswith(f"{journey.month}-01")
-    followers = [r for r in airflow.dag_runs.get_dag_runs(
-        TRAIN_DAG, order_by=["-run_after"], limit=20).dag_runs
-                 if r.run_type == "asset_triggered" and r.run_after >= etl_run.start_date]
-    assert any(r.state == "success" for r in followers), followers
+    monitor_run = asset_runs(airflow, MONITOR_DAG, etl_run.start_date)[-1]
+    assert monitor_run.state == "success"
+    decision = monitor_decision(airflow, monitor_run)
+    trained = [r for r in asset_runs(airflow, TRAIN_DAG, monitor_run.start_date)
+               if r.state == "success"]
+    # a fresh platform has no champion: the monitoring asks for the first training; on a
+    # platform that already serves this month's champion it finds nothing to retrain
+    assert bool(trained) == decision["retrain"], (decision, trained)
+
+
+def asset_runs(airflow: Any, dag_id: str, after: Any) -> list[Any]:
+    """Runs of ``dag_id`` an asset event started after ``after``, oldest first."""
+    runs = airflow.dag_runs.get_dag_runs(dag_id, order_by=["run_after"], limit=100).dag_runs
+    return [r for r in runs if r.run_type == "asset_triggered" and r.run_after >= after]
+
+
+def test_monitoring_run_of_the_demo_month(journey, airflow, lake, mlflow_client,
+                                          stack_settings) -> None:
+    """The demo month's monitor_model run: its decision, its MLflow run with the report and
+    the summary, the same files in the lake."""
+    etl_run = airflow.dag_runs.get_dag_run(ETL_DAG, f"manual__{journey.month}")
+    monitor_run = asset_runs(airflow, MONITOR_DAG, etl_run.start_date)[-1]
+    decision = monitor_decision(airflow, monitor_run)
+    assert decision["month"] == journey.month and decision["reason"]
+    branch = "request_retraining" if decision["retrain"] else "no_action"
+    states = {ti.task_id: ti.state for ti in airflow.task_instances.get_task_instances(
+        MONITOR_DAG, monitor_run.dag_run_id).task_instances}
+    assert states[branch] == "success" and "skipped" in states.values(), states
+    experiment = mlflow_client.get_experiment_by_name(stack_settings.monitor_experiment)
+    runs = mlflow_client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.month = '{journey.month}' and tags.latest = 'true'")
+    assert len(runs) == 1
+    listed = {a.path for a in mlflow_client.list_artifacts(runs[0].info.run_id)}
+    assert {"report.html", "summary.json"} <= listed
+    prefix = layout.monitoring_prefix(journey.month)
+    summary = lake.read_json(prefix + "summary.json")
+    assert summary["decision"]["action"] == runs[0].data.tags["action"]
+    assert lake.get_bytes(prefix + "report.html").startswith(b"<!doctype html>")
+    assert lake.exists(prefix + layout.MANIFEST_FILE)
 
 
 def test_raw_partitions_hold_every_exported_record(journey, lake, shared_data,
@@ -230,24 +275,30 @@ def rerun(journey, airflow, lake, mlflow_client, stack_settings) -> dict[str, An
             TRAIN_DAG, limit=100).dag_runs},
     }
     etl_run = run_etl(airflow, journey.month)
-    train_run = wait_for_training(airflow, after=etl_run.start_date)
+    monitor_run, decision, train_run = follow_etl(airflow, etl_run)
     after = {
         "snapshot": lake.snapshot(),
         "champion": str(champion_version(mlflow_client, stack_settings).version),
         "versions": {str(v.version) for v in mlflow_client.search_model_versions(
             f"name = '{name}'")},
     }
-    return {"before": before, "after": after, "etl_run": etl_run, "train_run": train_run}
+    return {"before": before, "after": after, "etl_run": etl_run, "monitor_run": monitor_run,
+            "decision": decision, "train_run": train_run}
 
 
-def test_rerun_ran_etl_and_training_again(rerun) -> None:
+def test_rerun_ran_etl_and_monitoring_again_and_no_training(rerun) -> None:
+    """The same month again: the champion was trained on it, nothing drifted, no retraining."""
     assert rerun["etl_run"].state == "success"
-    assert rerun["train_run"].state == "success"
-    assert rerun["train_run"].dag_run_id not in rerun["before"]["train_runs"]
+    assert rerun["monitor_run"].state == "success"
+    assert rerun["decision"]["action"] == "none", rerun["decision"]["reason"]
+    assert rerun["train_run"] is None
 
 
 def test_rerun_changes_no_object_of_the_lake(rerun) -> None:
-    before, after = rerun["before"]["snapshot"], rerun["after"]["snapshot"]
+    # the ETL's objects; the monitoring writes a new assessment (its time) on every run
+    before, after = ({k: v for k, v in rerun[when]["snapshot"].items()
+                      if not k.startswith(layout.MONITORING_PREFIX)}
+                     for when in ("before", "after"))
     assert before.keys() == after.keys()
     changed = sorted(k for k in before if before[k] != after[k])
     assert not changed, f"objects rewritten with new content: {changed[:10]}"

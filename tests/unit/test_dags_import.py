@@ -52,6 +52,9 @@ def test_dag_folder_imports_without_settings_or_heavy_libraries(tmp_path):
     assert [s.task_id for s in stages.STAGES] == [
         "enrich", "split", "outliers", "encode", "scale", "balance", "select"]
     assert result["dags"]["train_model"] == ["resolve_month", "train_and_register", "notify_api"]
+    assert sorted(result["dags"]["monitor_model"]) == sorted([
+        "resolve_month", "assess", "decide", "report", "act", "request_retraining",
+        "no_action"])
     assert "platform_smoke" in result["dags"]
     loaded = [m for m in result["modules"] if any(m == h or m.startswith(h + ".") for h in HEAVY)]
     assert loaded == [], f"parsing the DAGs imported {loaded[:10]}"

@@ -1,8 +1,11 @@
-"""The user's journey in one command (``make demo``): ETL -> training -> served champion.
+"""The user's journey in one command (``make demo``): ETL -> monitoring -> training -> served
+champion.
 
 Assumes the native stack is up (``make demo`` starts it). Triggers ``etl_with_taskflow`` for a
-month through Airflow's REST API, lets ``train_model`` follow through the asset, waits until
-the model API serves a champion, then prints the URLs, logins and a ready-to-paste ``curl``.
+month through Airflow's REST API, lets ``monitor_model`` follow through the dataset asset and,
+when it requests retraining (always on a fresh platform: there is no champion yet),
+``train_model`` through the retraining asset; waits until the model API serves a champion,
+then prints the URLs, logins and a ready-to-paste ``curl``.
 """
 
 from __future__ import annotations
@@ -36,6 +39,9 @@ from chicago_crime.devtools.airflow_api import (
 
 ETL_DAG = "etl_with_taskflow"
 TRAIN_DAG = "train_model"
+MONITOR_DAG = "monitor_model"
+#: The pipeline's DAGs, each started by the one before (through an asset).
+PIPELINE_DAGS = (ETL_DAG, MONITOR_DAG, TRAIN_DAG)
 
 
 def default_month(data_dir: str | None) -> str:
@@ -75,18 +81,48 @@ def run_etl(af: Airflow, month: str) -> DAGRunResponse:
     return wait_for_run(af, ETL_DAG, run_id, timeout=1800, on_progress=say)
 
 
-def wait_for_training(af: Airflow, after: datetime, timeout: float = 1800) -> DAGRunResponse:
-    """Wait for the train_model run the ETL's asset event queued after ``after``."""
+def wait_for_asset_run(af: Airflow, dag_id: str, after: datetime,
+                       timeout: float = 1800) -> DAGRunResponse:
+    """Wait for the run of ``dag_id`` an asset event queued after ``after``, to its end."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        runs = af.dag_runs.get_dag_runs(TRAIN_DAG, run_after_gte=after, order_by=["-run_after"],
+        runs = af.dag_runs.get_dag_runs(dag_id, run_after_gte=after, order_by=["-run_after"],
                                         limit=5).dag_runs
         if runs:
             run = runs[0]
-            say(f"{TRAIN_DAG} run {run.dag_run_id} started by the asset event")
-            return wait_for_run(af, TRAIN_DAG, run.dag_run_id, timeout=timeout, on_progress=say)
+            say(f"{dag_id} run {run.dag_run_id} started by the asset event")
+            return wait_for_run(af, dag_id, run.dag_run_id, timeout=timeout, on_progress=say)
         time.sleep(3)
-    raise AirflowError(f"no {TRAIN_DAG} run appeared within {timeout:.0f}s")
+    raise AirflowError(f"no {dag_id} run appeared within {timeout:.0f}s")
+
+
+def wait_for_monitoring(af: Airflow, after: datetime, timeout: float = 900) -> DAGRunResponse:
+    """Wait for the monitor_model run the ETL's asset event queued after ``after``."""
+    return wait_for_asset_run(af, MONITOR_DAG, after, timeout)
+
+
+def wait_for_training(af: Airflow, after: datetime, timeout: float = 1800) -> DAGRunResponse:
+    """Wait for the train_model run monitor_model's retraining request queued after
+    ``after``."""
+    return wait_for_asset_run(af, TRAIN_DAG, after, timeout)
+
+
+def monitor_decision(af: Airflow, run: DAGRunResponse) -> dict[str, Any]:
+    """What a monitor_model run decided (``action``, ``retrain``, ``reason``)."""
+    return af.xcom.get_xcom_entry(MONITOR_DAG, "decide", run.dag_run_id,
+                                  "return_value").actual_instance.value
+
+
+def follow_etl(af: Airflow, etl_run: DAGRunResponse,
+               ) -> tuple[DAGRunResponse, dict[str, Any], DAGRunResponse | None]:
+    """After an ETL run: its monitoring run, the decision, and the training run when the
+    monitoring requested one (None otherwise)."""
+    monitor_run = wait_for_monitoring(af, after=etl_run.start_date)
+    decision = monitor_decision(af, monitor_run)
+    say(f"{MONITOR_DAG}: {decision['reason']}")
+    if not decision["retrain"]:
+        return monitor_run, decision, None
+    return monitor_run, decision, wait_for_training(af, after=monitor_run.start_date)
 
 
 def wait_for_champion(settings: Settings, timeout: float = 300) -> dict[str, Any]:
@@ -129,10 +165,11 @@ def print_summary(settings: Settings, model: dict[str, Any], seconds: float) -> 
  Champion served in {seconds:.0f}s: {model.get('name')} version {model.get('version')}
 
  Airflow    http://127.0.0.1:{settings.airflow_port}   (login {settings.airflow_admin_user} / \
-AIRFLOW_ADMIN_PASSWORD)  DAGs {ETL_DAG}, {TRAIN_DAG}
+AIRFLOW_ADMIN_PASSWORD)  DAGs {ETL_DAG}, {MONITOR_DAG}, {TRAIN_DAG}
  MLflow     http://127.0.0.1:{settings.mlflow_port}   (login {settings.mlflow_admin_username} / \
 MLFLOW_ADMIN_PASSWORD)  experiments '{settings.etl_experiment}', \
-'{settings.search_experiment}', model '{settings.model_name}' (alias {settings.champion_alias})
+'{settings.search_experiment}', '{settings.monitor_experiment}', \
+model '{settings.model_name}' (alias {settings.champion_alias})
  Data lake  http://127.0.0.1:{settings.minio_port}  bucket '{settings.data_repo_bucket_name}' \
 (key {settings.aws_access_key_id} / AWS_SECRET_ACCESS_KEY); \
 web UI http://127.0.0.1:{settings.minio_port_ui}
@@ -155,13 +192,13 @@ def run_demo(month: str, settings: Settings | None = None,
     settings = settings or get_settings()
     started = time.monotonic()
     af = connect(settings, base_url=airflow_url)
-    for dag_id in (ETL_DAG, TRAIN_DAG):
+    for dag_id in PIPELINE_DAGS:
         wait_for_dag(af, dag_id)
-    # train_model first: it follows the ETL through the asset
-    for dag_id in (TRAIN_DAG, ETL_DAG):
+    # the followers first: monitor_model follows the ETL, train_model the monitoring
+    for dag_id in reversed(PIPELINE_DAGS):
         af.dags.patch_dag(dag_id, DAGPatchBody(is_paused=False))
     etl_run = run_etl(af, month)
-    wait_for_training(af, after=etl_run.start_date)
+    follow_etl(af, etl_run)
     model = wait_for_champion(settings)
     print_summary(settings, model, time.monotonic() - started)
     return model

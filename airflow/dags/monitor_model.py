@@ -1,0 +1,100 @@
+"""Monitor the champion on a month: data drift, prediction drift, performance decay.
+
+Scheduled on the asset ``etl_with_taskflow`` publishes (a month's ML-ready dataset; the month
+comes from the asset event), or triggered by hand with ``{"month": "YYYY-MM"}``.
+
+``assess`` measures the month against the champion's training window (PSI + KS/chi-squared
+per enriched feature and model input, prediction drift, ROC AUC / Brier / ECE on the month's
+labelled records); ``decide`` applies the thresholds of the settings; ``report`` logs the
+metrics, ``report.html`` and ``summary.json`` to MLflow (experiment ``MONITOR_EXPERIMENT``),
+writes them to the lake under ``3-monitoring/{month}/`` and pushes gauges to the Pushgateway
+when one is configured. Then one branch runs: ``request_retraining`` updates the asset
+``chicago_crime_retrain_requested`` (extra: month and reason), which ``train_model`` is
+scheduled on, or ``no_action`` records that nothing is needed.
+
+The DAG only declares the graph: the package is imported inside the tasks
+(:mod:`chicago_crime.monitoring.monitor`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pendulum
+from airflow.sdk import Param, dag, task
+
+from chicago_crime.assets import ML_READY, RETRAIN_REQUESTED
+
+
+@dag(
+    dag_id="monitor_model",
+    schedule=[ML_READY],
+    start_date=pendulum.datetime(2018, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    # Unpaused from the start: it must follow the ETL through the asset without a manual
+    # unpause (the UI's Trigger button unpauses only the DAG it triggers).
+    is_paused_upon_creation=False,
+    default_args={"owner": "ml-platform", "retries": 0},
+    params={"month": Param(None, type=["null", "string"], pattern=r"^\d{4}-\d{2}$",
+                           description="Month to monitor (YYYY-MM); empty = from the asset")},
+    tags=["monitoring", "chicago_crime"],
+    doc_md=__doc__,
+)
+def monitor_model():
+    @task
+    def resolve_month(params=None, triggering_asset_events=None) -> str:
+        if params and params.get("month"):
+            return params["month"]
+        events = triggering_asset_events[ML_READY] if triggering_asset_events else []
+        months = [e.extra.get("month") for e in events if e.extra and e.extra.get("month")]
+        if not months:
+            raise ValueError("no month: trigger with conf {\"month\": \"YYYY-MM\"} or let "
+                             "etl_with_taskflow publish the dataset")
+        return months[-1]
+
+    @task
+    def assess(month: str) -> dict[str, Any]:
+        from chicago_crime.monitoring.monitor import assess
+
+        return assess(month)
+
+    @task
+    def decide(assessment: dict[str, Any]) -> dict[str, Any]:
+        from chicago_crime.monitoring.monitor import decide
+
+        return decide(assessment)
+
+    @task
+    def report(assessment: dict[str, Any], decision: dict[str, Any],
+               ti=None) -> dict[str, Any]:
+        from chicago_crime.manifest import attempt_identity
+        from chicago_crime.monitoring.monitor import publish
+
+        attempt = attempt_identity(dag_id=ti.dag_id, run_id=ti.run_id, task_id=ti.task_id,
+                                   try_number=ti.try_number)
+        return {**publish(assessment, decision, attempt=attempt), "decision": decision}
+
+    @task.branch
+    def act(published: dict[str, Any]) -> str:
+        return "request_retraining" if published["decision"]["retrain"] else "no_action"
+
+    @task(outlets=[RETRAIN_REQUESTED])
+    def request_retraining(published: dict[str, Any], outlet_events=None) -> dict[str, Any]:
+        """Ask ``train_model`` to retrain the month; the reason travels with the event."""
+        decision = published["decision"]
+        extra = {"month": decision["month"], "reason": decision["reason"],
+                 "monitor_run_id": published["run_id"]}
+        outlet_events[RETRAIN_REQUESTED].extra = extra
+        return extra
+
+    @task
+    def no_action(published: dict[str, Any]) -> str:
+        return f"{published['month']}: {published['decision']['reason']}"
+
+    assessment = assess(resolve_month())
+    published = report(assessment, decide(assessment))
+    act(published) >> [request_retraining(published), no_action(published)]
+
+
+monitor_model()
