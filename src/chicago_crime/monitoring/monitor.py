@@ -151,10 +151,8 @@ def logged_predictions(settings: Settings, month: str) -> tuple[pd.DataFrame | N
     reported, or later: the demo scores 2018 records today) and kept to records dated in the
     month.
     """
-    try:
-        from chicago_crime.monitoring.prediction_log import read_predictions
-    except ImportError:
-        return None, "prediction drift: no logged predictions (no prediction log installed)"
+    from chicago_crime.monitoring.prediction_log import read_predictions
+
     start, end = layout.month_bounds(month)
     try:
         frame = read_predictions(settings, start, max(datetime.now(UTC).replace(tzinfo=None),
