@@ -18,6 +18,7 @@ The DAG only declares the graph: the package is imported inside the tasks
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pendulum
@@ -53,7 +54,9 @@ def monitor_model():
                              "etl_with_taskflow publish the dataset")
         return months[-1]
 
-    @task
+    # assess and report talk to the lake and MLflow: a transient error is retried (both are
+    # idempotent: the lake is rewritten whole, a retried report re-tags the earlier run)
+    @task(retries=2, retry_delay=timedelta(seconds=20))
     def assess(month: str) -> dict[str, Any]:
         from chicago_crime.monitoring.monitor import assess
 
@@ -65,7 +68,7 @@ def monitor_model():
 
         return decide(assessment)
 
-    @task
+    @task(retries=2, retry_delay=timedelta(seconds=20))
     def report(assessment: dict[str, Any], decision: dict[str, Any],
                ti=None) -> dict[str, Any]:
         from chicago_crime.manifest import attempt_identity
