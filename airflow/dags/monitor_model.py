@@ -24,7 +24,7 @@ from typing import Any
 import pendulum
 from airflow.sdk import Param, dag, task
 
-from chicago_crime.assets import ML_READY, RETRAIN_REQUESTED
+from chicago_crime.assets import ML_READY, RETRAIN_REQUESTED, requested_month
 
 
 @dag(
@@ -45,14 +45,7 @@ from chicago_crime.assets import ML_READY, RETRAIN_REQUESTED
 def monitor_model():
     @task
     def resolve_month(params=None, triggering_asset_events=None) -> str:
-        if params and params.get("month"):
-            return params["month"]
-        events = triggering_asset_events[ML_READY] if triggering_asset_events else []
-        months = [e.extra.get("month") for e in events if e.extra and e.extra.get("month")]
-        if not months:
-            raise ValueError("no month: trigger with conf {\"month\": \"YYYY-MM\"} or let "
-                             "etl_with_taskflow publish the dataset")
-        return months[-1]
+        return requested_month(params, triggering_asset_events, ML_READY, "etl_with_taskflow")[0]
 
     # assess and report talk to the lake and MLflow: a transient error is retried (both are
     # idempotent: the lake is rewritten whole, a retried report re-tags the earlier run)

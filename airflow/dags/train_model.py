@@ -18,7 +18,7 @@ from typing import Any
 import pendulum
 from airflow.sdk import Param, dag, task
 
-from chicago_crime.assets import RETRAIN_REQUESTED
+from chicago_crime.assets import RETRAIN_REQUESTED, requested_month
 
 
 @dag(
@@ -43,16 +43,12 @@ def train_model():
         logged)."""
         import logging
 
-        if params and params.get("month"):
-            return params["month"]
-        events = triggering_asset_events[RETRAIN_REQUESTED] if triggering_asset_events else []
-        requests = [e.extra for e in events if e.extra and e.extra.get("month")]
-        if not requests:
-            raise ValueError("no month: trigger with conf {\"month\": \"YYYY-MM\"} or let "
-                             "monitor_model request retraining")
-        logging.getLogger(__name__).info("retraining %s requested by monitor_model: %s",
-                                         requests[-1]["month"], requests[-1].get("reason"))
-        return requests[-1]["month"]
+        month, request = requested_month(params, triggering_asset_events, RETRAIN_REQUESTED,
+                                         "monitor_model")
+        if request:
+            logging.getLogger(__name__).info("retraining %s requested by monitor_model: %s",
+                                             month, request.get("reason"))
+        return month
 
     @task(execution_timeout=timedelta(minutes=30))
     def train_and_register(month: str) -> dict[str, Any]:

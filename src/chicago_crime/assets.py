@@ -15,9 +15,26 @@ the event and in :mod:`chicago_crime.layout`.
 
 from __future__ import annotations
 
+from typing import Any
+
 from airflow.sdk import Asset
 
 ML_READY_NAME = "chicago_crimes_ml_ready"
 ML_READY = Asset(name=ML_READY_NAME)
 RETRAIN_REQUESTED_NAME = "chicago_crime_retrain_requested"
 RETRAIN_REQUESTED = Asset(name=RETRAIN_REQUESTED_NAME)
+
+
+def requested_month(params: dict[str, Any] | None, triggering_asset_events: Any, asset: Asset,
+                    producer: str) -> tuple[str, dict[str, Any]]:
+    """The month a run is for and the event's ``extra``: the trigger's ``month`` param first,
+    else the newest event of ``asset`` that names one (``producer`` updates it; named in the
+    error a run with neither gets)."""
+    if params and params.get("month"):
+        return params["month"], {}
+    events = triggering_asset_events[asset] if triggering_asset_events else []
+    extras = [e.extra for e in events if e.extra and e.extra.get("month")]
+    if not extras:
+        raise ValueError(f'no month: trigger with conf {{"month": "YYYY-MM"}} or let {producer} '
+                         f"update the asset {asset.name}")
+    return extras[-1]["month"], extras[-1]
