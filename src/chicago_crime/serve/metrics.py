@@ -104,7 +104,8 @@ class ServerMetrics:
         )
         self.model_info = Gauge(
             "model_info", "The served model (value 1).",
-            ["model_name", "version", "run_id", "predictor"], registry=self.registry, multiprocess_mode="livemax",
+            ["model_name", "version", "run_id", "predictor"], registry=self.registry,
+            multiprocess_mode="livemax",
         )
         self.model_ready = Gauge(
             "model_ready", "1 when a model is loaded (every worker).", registry=self.registry,
