@@ -14,7 +14,7 @@ s3         minio (buckets data, mlflow)          SeaweedFS ``weed mini`` (PyPI s
 mlflow     mlflow                                ``mlflow server --app-name basic-auth``
 airflow-*  api-server, scheduler, dag-processor, ``airflow ...`` with the CeleryExecutor
            triggerer, worker
-api        fastapi                               ``uvicorn chicago_crime.serve.app:app``
+api        fastapi                               ``python -m chicago_crime.serve.server`` (uvicorn)
 otlp-      otlp-bridge (Airflow's OpenTelemetry  ``python -m chicago_crime.monitoring.otlp_bridge``
 bridge     metrics for Prometheus)
 push-      pushgateway                           ``prometheus-pushgateway`` from Debian
