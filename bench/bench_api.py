@@ -245,6 +245,7 @@ def compare_logging(records: list[dict[str, Any]], rounds: int, per_round: int) 
 
     settings = stack.stack_settings()
     base = stack.program_envs(settings, None)["api"]
+    base.pop("PROMETHEUS_MULTIPROC_DIR", None)  # the stack's API's metrics are not ours to share
     servers: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
     try:
         for label, enabled in (("on", "true"), ("off", "false")):

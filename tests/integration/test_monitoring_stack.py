@@ -68,6 +68,31 @@ def test_predict_requests_are_counted_per_endpoint(prometheus, stack_settings) -
     assert latency, "no latency histogram for /predict"
 
 
+def _health_requests(api: httpx.Client) -> float:
+    """``http_requests_total`` for ``GET /health`` (200) in one scrape of the API's /metrics."""
+    body = api.get("/metrics").text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
+               if line.startswith("http_requests_total{") and 'handler="/health"' in line
+               and 'method="GET"' in line and 'status="200"' in line)
+
+
+def test_metrics_add_up_every_api_worker(stack_settings) -> None:
+    """/metrics is the aggregate of the API's ``API_WORKERS`` processes (multiprocess mode):
+    N requests to /health, whichever worker answers them, all show in one scrape, and
+    successive scrapes never go back (no false counter reset for ``rate()``)."""
+    n = 40
+    # a new connection per request: the workers share the socket, so both answer some
+    fresh = httpx.Limits(max_keepalive_connections=0)
+    with httpx.Client(base_url=stack_settings.api_url, timeout=30, limits=fresh) as api:
+        before = _health_requests(api)
+        for _ in range(n):
+            assert api.get("/health").status_code == 200
+        seen = [_health_requests(api) for _ in range(6)]
+    assert stack_settings.api_workers >= 2, "the point is several workers"
+    assert seen[0] - before >= n, (before, seen)
+    assert seen == sorted(seen), seen
+
+
 def test_pushed_gauges_keep_their_job_label(prometheus, stack_settings) -> None:
     """A gauge pushed to the Pushgateway reaches Prometheus with the pusher's job label
     (honor_labels), the way the monitoring DAG's gauges do."""

@@ -150,17 +150,20 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def own_api(settings, champion) -> Iterator[Callable[..., tuple[subprocess.Popen[bytes], str]]]:
+def own_api(settings, champion, tmp_path) -> Iterator[Callable[..., tuple[subprocess.Popen[bytes],
+                                                                           str]]]:
     """Start a model server of our own (one worker) with the stack's API environment and the
-    given overrides; stopped at the end."""
+    given overrides; stopped at the end. Its metrics directory is its own (the stack's API's
+    would mix both servers' values)."""
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(**overrides: str) -> tuple[subprocess.Popen[bytes], str]:
         port = free_port()
         env = {**stack.program_envs(settings, None)["api"], "MODEL_CACHE_DIR": "",
-               "FASTAPI_PORT": str(port), "API_URL": f"http://127.0.0.1:{port}", **overrides}
+               "FASTAPI_PORT": str(port), "API_URL": f"http://127.0.0.1:{port}",
+               "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / f"metrics-{port}"), **overrides}
         proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "chicago_crime.serve.app:app", "--host",
+            [sys.executable, "-m", "chicago_crime.serve.server", "--host",
              "127.0.0.1", "--port", str(port), "--workers", "1", "--log-level", "warning"],
             env=env, cwd=REPO)
         procs.append(proc)

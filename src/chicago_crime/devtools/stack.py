@@ -14,7 +14,7 @@ s3         minio (buckets data, mlflow)          SeaweedFS ``weed mini`` (PyPI s
 mlflow     mlflow                                ``mlflow server --app-name basic-auth``
 airflow-*  api-server, scheduler, dag-processor, ``airflow ...`` with the CeleryExecutor
            triggerer, worker
-api        fastapi                               ``uvicorn chicago_crime.serve.app:app``
+api        fastapi                               ``python -m chicago_crime.serve.server`` (uvicorn)
 otlp-      otlp-bridge (Airflow's OpenTelemetry  ``python -m chicago_crime.monitoring.otlp_bridge``
 bridge     metrics for Prometheus)
 push-      pushgateway                           ``prometheus-pushgateway`` from Debian
@@ -80,6 +80,7 @@ SOCKET = RUN / "supervisor.sock"
 LOGS = STATE / "logs"
 ALERTS = LOGS / "alerts.log"
 SVC = STATE / "svc"                      # the service user's: env files, launch tokens, HOME
+API_METRICS_DIR = SVC / "api-metrics"    # the API workers' metric files (emptied at its start)
 DATA_SOURCE_FILE = STATE / "data-source.json"
 SERVICE_USER = os.environ.get("CHICAGO_CRIME_SERVICE_USER", "chicago-crime")
 LOOPBACK = "127.0.0.1"
@@ -414,6 +415,8 @@ def program_envs(settings: Settings, replay_dir: str | None) -> dict[str, dict[s
         "AWS_ACCESS_KEY_ID": NO_S3_ACCESS, "AWS_SECRET_ACCESS_KEY": NO_S3_ACCESS,
         "MLFLOW_TRACKING_USERNAME": settings.mlflow_serving_username,
         "MLFLOW_TRACKING_PASSWORD": _secret(settings.mlflow_serving_password),
+        # every worker's metrics in one place; /metrics serves their aggregate (serve.metrics)
+        "PROMETHEUS_MULTIPROC_DIR": str(API_METRICS_DIR),
     }
     envs = {"mlflow": mlflow_env, "api": api}
     envs.update({name: airflow for name in AIRFLOW_SERVICES})
@@ -556,7 +559,9 @@ def programs(settings: Settings, replay_dir: str | None, account: Account,
                 autostart=False, user=user, startsecs=10, stopwaitsecs=60),
         # Several worker processes: `stack restart api` (SIGHUP) replaces them one at a time,
         # each new one serving (model loaded) before the old one leaves: no request is lost.
-        Program("api", _launched("api", f"{b / 'uvicorn'} chicago_crime.serve.app:app"
+        # chicago_crime.serve.server: uvicorn, after emptying the workers' shared metrics
+        # directory (API_METRICS_DIR, PROMETHEUS_MULTIPROC_DIR in the API's environment).
+        Program("api", _launched("api", f"{b / 'python'} -m chicago_crime.serve.server"
                                  f" --host {s.bind_host} --port {s.fastapi_port}"
                                  f" --workers {s.api_workers} --timeout-worker-healthcheck 120"
                                  " --timeout-graceful-shutdown 30", grace=5),

@@ -6,6 +6,7 @@ importing this module has no side effects.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from collections.abc import AsyncIterator
@@ -31,7 +32,7 @@ from chicago_crime.serve.limits import (
     allowed_hosts,
     body_limit,
 )
-from chicago_crime.serve.metrics import ServerMetrics, instrument
+from chicago_crime.serve.metrics import ServerMetrics, instrument, multiproc_dir, sweep_dead
 from chicago_crime.serve.model_store import ModelStore
 from chicago_crime.serve.request_id import HEADER, RequestIdMiddleware
 from chicago_crime.serve.routes import ROUTERS
@@ -149,6 +150,16 @@ def _openapi_with_limits(app: FastAPI, settings: Settings) -> Any:
 _FROM_SETTINGS: Any = object()
 
 
+#: how often each worker refreshes its state gauges when workers share the metrics
+OBSERVE_SECONDS = 5.0
+
+
+async def _observe(metrics: ServerMetrics, store: ModelStore, prediction_log: Any) -> None:
+    while True:
+        await asyncio.sleep(OBSERVE_SECONDS)
+        metrics.observe(store, prediction_log)
+
+
 def create_app(settings: Settings | None = None, store: ModelStore | None = None,
                prediction_log: PredictionLog | None = _FROM_SETTINGS) -> FastAPI:
     """The model server. ``store`` defaults to a ``ModelStore`` on ``settings``' registry;
@@ -181,14 +192,23 @@ def create_app(settings: Settings | None = None, store: ModelStore | None = None
             pass
         if prediction_log is not None:
             prediction_log.start()  # connects in its own thread: a database down delays nothing
+        shared = multiproc_dir()
+        if shared is not None:
+            sweep_dead(shared)  # a worker killed before us left its live gauges behind
         await run_in_threadpool(store.start)
-        metrics.registry_reachable.set(1 if store.registry_reachable else 0)
+        metrics.observe(store, prediction_log)
+        # with shared metrics, any worker may answer a scrape: each keeps its gauges current
+        observer = asyncio.create_task(_observe(metrics, store, prediction_log)) if shared \
+            else None
         try:
             yield
         finally:
+            if observer is not None:
+                observer.cancel()
             store.stop()
             if prediction_log is not None:  # write what is queued (bounded), then stop
                 await run_in_threadpool(prediction_log.close)
+            metrics.retire()
 
     app = FastAPI(
         title="Chicago crime arrest prediction",

@@ -49,13 +49,6 @@ async def ready(store: StoreDep) -> Any:
 async def prometheus(metrics: MetricsDep, store: StoreDep, request: Request) -> Response:
     """Prometheus metrics: requests and latency per endpoint, predictions, model version, the
     prediction log (rows written, dropped, queued; database reachable)."""
-    prediction_log = request.app.state.prediction_log
-    if prediction_log is not None:
-        metrics.log_queued.set(prediction_log.queued_rows)
-    metrics.registry_reachable.set(1 if store.registry_reachable else 0)
-    metrics.model_ready.set(1 if store.current is not None else 0)
-    metrics.champion_refused.set(1 if store.champion_failure is not None else 0)
-    metrics.from_cache.set(1 if store.current is not None and store.current.origin == "cache"
-                           else 0)
+    metrics.observe(store, request.app.state.prediction_log)
     payload, content_type = metrics.exposition()
     return Response(payload, media_type=content_type)
