@@ -190,8 +190,6 @@ class Settings(BaseSettings):
     monitor_ece_rise: float = Field(default=0.05, ge=0)
     #: Records of the champion's training window sampled as the drift reference.
     monitor_reference_rows: int = Field(default=50_000, ge=1_000)
-    #: Prometheus Pushgateway (e.g. http://127.0.0.1:9091); unset: no gauges are pushed.
-    pushgateway_url: str | None = None
 
     # model server
     fastapi_port: int = 8800
@@ -228,6 +226,7 @@ class Settings(BaseSettings):
     # bridge that receives Airflow's OpenTelemetry metrics; Grafana runs in Compose only.
     prometheus_port: int = 9090
     pushgateway_port: int = 9091
+    # where monitor_model pushes its gauges; empty: nothing is pushed
     pushgateway_url: str = "http://127.0.0.1:9091"
     otlp_bridge_port: int = 4318
     grafana_port: int = 3000

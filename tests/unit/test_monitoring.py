@@ -168,24 +168,26 @@ def test_metrics_summary_and_report(settings):
     assert "<script" not in html and "http" not in html  # self-contained, offline
 
 
-def test_no_prediction_log_is_not_an_error(settings, monkeypatch):
-    import builtins
+def test_an_unreadable_or_empty_prediction_log_is_not_an_error(settings, monkeypatch):
+    import pandas as pd
 
-    real = builtins.__import__
+    from chicago_crime.monitoring import prediction_log
 
-    def no_log(name, *args, **kwargs):
-        if name == "chicago_crime.monitoring.prediction_log":
-            raise ImportError(name)
-        return real(name, *args, **kwargs)
+    def down(*_args):
+        raise OSError("connection refused")
 
-    monkeypatch.setattr(builtins, "__import__", no_log)
+    monkeypatch.setattr(prediction_log, "read_predictions", down)
     frame, note = M.logged_predictions(settings, "2018-06")
-    assert frame is None and note.startswith("prediction drift: no logged predictions")
+    assert frame is None and note == "prediction drift: prediction log unreadable (OSError)"
+    monkeypatch.setattr(prediction_log, "read_predictions", lambda *_: pd.DataFrame())
+    frame, note = M.logged_predictions(settings, "2018-06")
+    assert frame is None and note == "prediction drift: no logged predictions"
 
 
 def test_pushgateway_unset_or_down_is_not_fatal(settings):
     assessment = _assessment(auc_drop=0.0)
     decision = M.decide(assessment, settings)
-    assert M.push_gauges(assessment, decision, settings) is False
+    unset = settings.model_copy(update={"pushgateway_url": ""})
+    assert M.push_gauges(assessment, decision, unset) is False
     down = settings.model_copy(update={"pushgateway_url": "http://127.0.0.1:9"})
     assert M.push_gauges(assessment, decision, down) is False

@@ -126,22 +126,33 @@ def follow_etl(af: Airflow, etl_run: DAGRunResponse,
 
 
 def wait_for_champion(settings: Settings, timeout: float = 300) -> dict[str, Any]:
-    """Wait until the API's /ready says a model is loaded; return GET /model."""
+    """Wait until every API worker's /ready says a model is loaded; return GET /model.
+
+    Each worker loads the champion on its own (the reload request reaches one of them, the
+    others pick it up at their next registry poll), so /ready must answer 200 on
+    ``2 x API_WORKERS`` fresh connections in a row before the API counts as serving it.
+    """
     deadline = time.monotonic() + timeout
+    in_a_row, needed = 0, 2 * max(1, settings.api_workers)
     reloaded = False
     missing = "the API did not answer"
     while time.monotonic() < deadline:
         try:
             ready = requests.get(f"{settings.api_url}/ready", timeout=5)
             if ready.status_code == 200:
-                return requests.get(f"{settings.api_url}/model", timeout=5).json()
+                in_a_row += 1
+                if in_a_row >= needed:
+                    return requests.get(f"{settings.api_url}/model", timeout=5).json()
+                time.sleep(0.2)
+                continue
+            in_a_row = 0
             missing = ready.json().get("message") or ready.text[:300]
             if not reloaded and settings.api_key:
                 requests.post(f"{settings.api_url}/model/reload", timeout=60, headers={
                     "X-API-Key": settings.api_key.get_secret_value()})
                 reloaded = True
         except requests.RequestException:
-            pass
+            in_a_row = 0
         time.sleep(2)
     raise RuntimeError(f"the API at {settings.api_url} served no champion within "
                        f"{timeout:.0f}s: {missing}")
