@@ -65,6 +65,9 @@ NO_CHAMPION = "no champion"
 SEASONAL = ("month", "season")
 #: Fewest labelled records (of both classes) for the decay figures.
 MIN_LABELLED = 200
+#: Fewest logged predictions of the champion for their drift to be assessed: a handful of
+#: demo or test requests (often one record posted again and again) is no population.
+MIN_LOGGED = 500
 #: Decay metrics compared with the champion's card (name -> card metric).
 DECAY_METRICS = ("roc_auc", "brier", "ece")
 ENRICHED, INPUT, PREDICTION = "enriched/", "input/", "prediction/"
@@ -301,13 +304,14 @@ def assess(month: str, settings: Settings | None = None, lake: Lake | None = Non
         served = logged
         if "model_version" in logged.columns:
             served = logged[logged["model_version"].astype(str) == str(card.version)]
-        if len(served):
+        if len(served) >= MIN_LOGGED:
             results.append(D.column_drift(
                 LOGGED_SCORES, pd.Series(ref_p), pd.to_numeric(served["probability"],
                                                                errors="coerce"),
                 kind=D.NUMERIC, **kw))
         else:
-            out["notes"].append(f"no logged predictions of champion v{card.version}")
+            out["notes"].append(f"{len(served)} logged predictions of champion v{card.version}: "
+                                f"too few for prediction drift (fewer than {MIN_LOGGED})")
     for item in results:
         entry = item.as_dict()
         entry["seasonal"] = is_seasonal(item.feature)
