@@ -1,5 +1,5 @@
 """The prediction log's writer logic in-process (a fake sink stands in for PostgreSQL; the
-real database is exercised by tests/integration/test_prediction_log.py): batching, the flush
+real database is exercised by tests/integration/test_prediction_log_stack.py): batching, the flush
 interval, a full queue dropping and counting, PostgreSQL down then back, the flush at
 shutdown and its bound; X-Request-ID and what the /predict routes hand over."""
 

@@ -48,8 +48,16 @@ _LIVE_FILE = re.compile(r"gauge_live\w+?_(\d+)\.db$")
 
 
 def multiproc_dir() -> str | None:
-    """The shared metrics directory, or None (one process: each app serves its own registry)."""
-    return os.environ.get(MULTIPROC_ENV) or None
+    """The shared metrics directory, or None (one process: each app serves its own registry).
+
+    Created if missing (``serve.server`` creates and empties it before the workers start; an
+    app started some other way, e.g. plain ``uvicorn``, would otherwise fail at its first
+    metric), never emptied here: a worker cannot tell a stale file from a sibling's.
+    """
+    path = os.environ.get(MULTIPROC_ENV) or None
+    if path:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    return path
 
 
 def _alive(pid: int) -> bool:
@@ -89,6 +97,7 @@ class ServerMetrics:
     """The metric families of one app."""
 
     def __init__(self) -> None:
+        multiproc_dir()  # the shared directory exists before the first metric writes to it
         self.registry = CollectorRegistry()
         self.predictions = Counter(
             "predictions_total", "Records scored, by predicted class.",
