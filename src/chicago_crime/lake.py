@@ -127,13 +127,15 @@ class Lake:
     def list_keys(self, prefix: str = "") -> list[str]:
         return sorted(self.iter_keys(prefix))
 
-    def snapshot(self, prefix: str = "") -> dict[str, str]:
-        """Key -> ETag for every object under ``prefix`` (to prove reruns change nothing)."""
+    def snapshot(self, prefix: str = "", exclude: tuple[str, ...] = ()) -> dict[str, str]:
+        """Key -> ETag for every object under ``prefix`` but those under ``exclude`` (to prove
+        reruns change nothing)."""
         out: dict[str, str] = {}
         paginator = self.client.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
             for obj in page.get("Contents", []):
-                out[obj["Key"]] = obj["ETag"].strip('"')
+                if not obj["Key"].startswith(exclude):
+                    out[obj["Key"]] = obj["ETag"].strip('"')
         return out
 
     def delete(self, key: str) -> None:

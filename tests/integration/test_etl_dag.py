@@ -93,6 +93,8 @@ def test_asset_event_names_the_month(etl_run):
 def test_rerunning_the_month_changes_no_object(etl_run, stack_settings):
     af, _ = etl_run
     lake = Lake(settings=stack_settings)
-    before = lake.snapshot()
+    # the ETL's objects: the run also triggers monitor_model, whose assessment is new each time
+    ours = (layout.MONITORING_PREFIX,)
+    before = lake.snapshot(exclude=ours)
     run_etl(af, MONTH)
-    assert lake.snapshot() == before
+    assert lake.snapshot(exclude=ours) == before
