@@ -23,11 +23,15 @@ def shared_data() -> Path:
     return FIXTURE_DATA
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def _no_prediction_log() -> Iterator[None]:
     """Apps built by unit tests log no prediction: a developer's ``.env`` names the native
     stack's monitoring database, which unit tests must not write to. The prediction log's own
-    unit tests pass their settings or sink explicitly."""
+    unit tests pass their settings or sink explicitly.
+
+    Per module, not per session: ``make test`` runs the integration tests in the same process
+    after the unit tests, and a `stack up` they start must not inherit the switch (it restarted
+    the stack's API with the log off)."""
     saved = os.environ.get("PREDICTION_LOG_ENABLED")
     os.environ["PREDICTION_LOG_ENABLED"] = "false"
     yield
