@@ -94,8 +94,8 @@ def test_unknown_key_is_caught(project):
 def test_undefined_dependency_is_caught_in_its_profile(project):
     root, break_it = project
     # valkey is not in the `api` profile: only `--profile api` can see the dangling dependency.
-    break_it("docker-compose.yaml", "      OMP_NUM_THREADS: \"1\"\n    ports:",
-             "      OMP_NUM_THREADS: \"1\"\n    links: [valkey]\n    ports:")
+    break_it("docker-compose.yaml", "      PROMETHEUS_MULTIPROC_DIR: /tmp/api-metrics\n    ports:",
+             "      PROMETHEUS_MULTIPROC_DIR: /tmp/api-metrics\n    links: [valkey]\n    ports:")
     assert_reports(run(root, "compose-config"), "--profile api", "valkey")
 
 

@@ -191,3 +191,19 @@ def test_pushgateway_unset_or_down_is_not_fatal(settings):
     assert M.push_gauges(assessment, decision, unset) is False
     down = settings.model_copy(update={"pushgateway_url": "http://127.0.0.1:9"})
     assert M.push_gauges(assessment, decision, down) is False
+
+
+def test_repeated_inputs_count_once_for_prediction_drift():
+    """A demo record posted 600 times under fresh ids is one input, not a population."""
+    from chicago_crime.devtools import demo
+    from chicago_crime.record import MODEL_FIELDS
+
+    base = {name: demo.EXAMPLE_RECORD.get(name) for name in MODEL_FIELDS}
+    repeated = pd.DataFrame([{**base, "record_id": f"t-{i}", "probability": 0.9,
+                              "logged_at": pd.Timestamp("2026-01-01", tz="UTC")
+                              + pd.Timedelta(seconds=i)} for i in range(600)])
+    distinct = M.distinct_records(repeated)
+    assert len(distinct) == 1 and distinct["record_id"].iloc[0] == "t-599"  # the latest kept
+    varied = repeated.assign(beat=[f"{i:04d}" for i in range(600)])
+    assert len(M.distinct_records(varied)) == 600
+    assert M.distinct_records(repeated.iloc[:0]).empty

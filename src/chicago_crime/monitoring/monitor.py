@@ -65,8 +65,8 @@ NO_CHAMPION = "no champion"
 SEASONAL = ("month", "season")
 #: Fewest labelled records (of both classes) for the decay figures.
 MIN_LABELLED = 200
-#: Fewest logged predictions of the champion for their drift to be assessed: a handful of
-#: demo or test requests (often one record posted again and again) is no population.
+#: Fewest distinct records among the champion's logged predictions for their drift to be
+#: assessed: a handful of demo or test requests is no population.
 MIN_LOGGED = 500
 #: Decay metrics compared with the champion's card (name -> card metric).
 DECAY_METRICS = ("roc_auc", "brier", "ece")
@@ -169,6 +169,23 @@ def logged_predictions(settings: Settings, month: str) -> tuple[pd.DataFrame | N
     if frame is None or not len(frame):
         return None, "prediction drift: no logged predictions"
     return frame.reset_index(drop=True), f"{len(frame)} logged predictions"
+
+
+def distinct_records(logged: pd.DataFrame) -> pd.DataFrame:
+    """One logged prediction per distinct model input (the latest).
+
+    A client's retries, a load test or a demo posting one record again and again (even under
+    fresh portal ids) would otherwise be a "population" of one input and look like prediction
+    drift. Inputs are compared on the fields the model reads, not on the id: two reports with
+    the same fields get the same score anyway.
+    """
+    fields = [name for name in R.MODEL_FIELDS if name in logged.columns]
+    if not len(logged) or not fields:
+        return logged
+    if "logged_at" in logged.columns:
+        logged = logged.sort_values("logged_at", kind="stable")
+    key = logged[fields].astype(str).agg("|".join, axis=1)
+    return logged[~key.duplicated(keep="last")]
 
 
 # --------------------------------------------------------------------------------------------
@@ -304,14 +321,16 @@ def assess(month: str, settings: Settings | None = None, lake: Lake | None = Non
         served = logged
         if "model_version" in logged.columns:
             served = logged[logged["model_version"].astype(str) == str(card.version)]
+        served = distinct_records(served)
         if len(served) >= MIN_LOGGED:
             results.append(D.column_drift(
                 LOGGED_SCORES, pd.Series(ref_p), pd.to_numeric(served["probability"],
                                                                errors="coerce"),
                 kind=D.NUMERIC, **kw))
         else:
-            out["notes"].append(f"{len(served)} logged predictions of champion v{card.version}: "
-                                f"too few for prediction drift (fewer than {MIN_LOGGED})")
+            out["notes"].append(f"{len(served)} distinct records among the logged predictions "
+                                f"of champion v{card.version}: too few for prediction drift "
+                                f"(fewer than {MIN_LOGGED})")
     for item in results:
         entry = item.as_dict()
         entry["seasonal"] = is_seasonal(item.feature)
