@@ -21,26 +21,16 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-import pendulum
-from airflow.sdk import Param, dag, task
+from airflow.sdk import dag, task
 
-from chicago_crime.assets import ML_READY, RETRAIN_REQUESTED, requested_month
+from chicago_crime.assets import ML_READY, RETRAIN_REQUESTED, follower_dag_args, requested_month
 
 
 @dag(
     dag_id="monitor_model",
-    schedule=[ML_READY],
-    start_date=pendulum.datetime(2018, 1, 1, tz="UTC"),
-    catchup=False,
-    max_active_runs=1,
-    # Unpaused from the start: it must follow the ETL through the asset without a manual
-    # unpause (the UI's Trigger button unpauses only the DAG it triggers).
-    is_paused_upon_creation=False,
-    default_args={"owner": "ml-platform", "retries": 0},
-    params={"month": Param(None, type=["null", "string"], pattern=r"^\d{4}-\d{2}$",
-                           description="Month to monitor (YYYY-MM); empty = from the asset")},
     tags=["monitoring", "chicago_crime"],
     doc_md=__doc__,
+    **follower_dag_args(ML_READY, doing="monitor"),
 )
 def monitor_model():
     @task

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow.sdk import Asset
+import pendulum
+from airflow.sdk import Asset, Param
 
 ML_READY_NAME = "chicago_crimes_ml_ready"
 ML_READY = Asset(name=ML_READY_NAME)
@@ -38,3 +39,22 @@ def requested_month(params: dict[str, Any] | None, triggering_asset_events: Any,
         raise ValueError(f'no month: trigger with conf {{"month": "YYYY-MM"}} or let {producer} '
                          f"update the asset {asset.name}")
     return extras[-1]["month"], extras[-1]
+
+
+def follower_dag_args(asset: Asset, *, doing: str) -> dict[str, Any]:
+    """``@dag`` arguments shared by the DAGs an asset schedules (``monitor_model``,
+    ``train_model``): unpaused from the start, because the UI's Trigger button unpauses only
+    the DAG it triggers and a follower must run without a manual unpause; one run at a time; and
+    a ``month`` param to run it by hand (empty = the asset event's month; see
+    :func:`requested_month`)."""
+    return {
+        "schedule": [asset],
+        "start_date": pendulum.datetime(2018, 1, 1, tz="UTC"),
+        "catchup": False,
+        "max_active_runs": 1,
+        "is_paused_upon_creation": False,
+        "default_args": {"owner": "ml-platform", "retries": 0},
+        "params": {"month": Param(None, type=["null", "string"], pattern=r"^\d{4}-\d{2}$",
+                                  description=f"Month to {doing} (YYYY-MM); empty = from "
+                                              "the asset")},
+    }

@@ -31,3 +31,19 @@ def test_no_month_anywhere_is_a_clear_error_naming_the_producer():
                         "etl_with_taskflow")
     with pytest.raises(ValueError, match="monitor_model"):
         requested_month({}, None, RETRAIN_REQUESTED, "monitor_model")
+
+
+def test_followers_run_unpaused_one_at_a_time_and_take_a_valid_month_by_hand():
+    from airflow.sdk import Param
+    from airflow.sdk.definitions.param import ParamValidationError
+
+    from chicago_crime.assets import follower_dag_args
+
+    args = follower_dag_args(ML_READY, doing="monitor")
+    assert args["schedule"] == [ML_READY] and args["is_paused_upon_creation"] is False
+    assert args["max_active_runs"] == 1 and args["catchup"] is False
+    month: Param = args["params"]["month"]
+    assert month.resolve(None) is None and month.resolve("2018-06") == "2018-06"
+    for bad in ("2018-6", "June", "2018-06; drop table"):
+        with pytest.raises(ParamValidationError):
+            month.resolve(bad)
