@@ -198,7 +198,9 @@ def test_repeated_inputs_count_once_for_prediction_drift():
     from chicago_crime.devtools import demo
     from chicago_crime.record import MODEL_FIELDS
 
-    base = {name: demo.EXAMPLE_RECORD.get(name) for name in MODEL_FIELDS}
+    # as read_predictions returns them: missing numbers NaN, a missing flag None
+    base = {name: demo.EXAMPLE_RECORD.get(name) for name in MODEL_FIELDS} | {
+        "x_coordinate": float("nan"), "domestic": None}
     repeated = pd.DataFrame([{**base, "record_id": f"t-{i}", "probability": 0.9,
                               "logged_at": pd.Timestamp("2026-01-01", tz="UTC")
                               + pd.Timedelta(seconds=i)} for i in range(600)])

@@ -184,8 +184,7 @@ def distinct_records(logged: pd.DataFrame) -> pd.DataFrame:
         return logged
     if "logged_at" in logged.columns:
         logged = logged.sort_values("logged_at", kind="stable")
-    key = logged[fields].astype(str).agg("|".join, axis=1)
-    return logged[~key.duplicated(keep="last")]
+    return logged[~logged.duplicated(subset=fields, keep="last")]
 
 
 # --------------------------------------------------------------------------------------------
