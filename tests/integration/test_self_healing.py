@@ -102,7 +102,10 @@ def test_a_sigkilled_api_worker_process_is_replaced(settings, load):
         stack._worker_pids(master) - {victim}) >= settings.api_workers, 300, killed)
     report("SIGKILL of one API worker process (the other one serves meanwhile)",
            replacement_started_s=round(back, 1), **load.summary())
-    assert len(load.failures) <= 1  # at most the requests that worker was answering
+    # Lost: at most the requests that worker held when it died (each load thread has one in
+    # flight), cut before or during the answer; no error status, nothing after the kill.
+    assert set(load.failures) <= {"ConnectionError", "ChunkedEncodingError"}, load.failures
+    assert sum(load.failures.values()) <= load.concurrency, load.failures
 
 
 def test_a_sigkilled_api_comes_back_by_itself(settings, load):

@@ -30,6 +30,19 @@ def stack_processes() -> list[psutil.Process]:
     return [root, *root.children(recursive=True)]
 
 
+def service_owners() -> list[tuple[int, str]]:
+    """(real uid, command line) of every process under supervisord, skipping those that end
+    while being read (task subprocesses, health probes come and go)."""
+    owners = []
+    for proc in stack_processes()[1:]:
+        try:
+            with proc.oneshot():
+                owners.append((proc.uids().real, " ".join(proc.cmdline())))
+        except psutil.NoSuchProcess:
+            continue
+    return owners
+
+
 def test_no_listener_beyond_the_bind_address(stack_settings):
     allowed = {"127.0.0.1", "::1", stack_settings.bind_host}
     pids = {p.pid for p in stack_processes()}
@@ -48,11 +61,11 @@ def test_every_service_runs_unprivileged():
     """Started as root (as CI is), only supervisord and its watchdog keep root."""
     if os.geteuid() != 0:
         pytest.fail("run the hostile suite as root: it checks what a root start drops")
-    users = {pwd.getpwuid(p.uids().real).pw_name: p for p in stack_processes()[1:]}
+    owners = service_owners()
+    users = {pwd.getpwuid(uid).pw_name for uid, _ in owners}
     assert "postgres" in users and stack.SERVICE_USER in users
-    privileged = [" ".join(p.cmdline())[:120] for p in stack_processes()[1:]
-                  if p.uids().real == 0 and "chicago_crime.devtools.supervision" not in
-                  " ".join(p.cmdline())]
+    privileged = [cmdline[:120] for uid, cmdline in owners
+                  if uid == 0 and "chicago_crime.devtools.supervision" not in cmdline]
     assert not privileged, privileged
 
 
