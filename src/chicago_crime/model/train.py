@@ -249,8 +249,8 @@ def newest_month_evaluation(data: MonthData, evaluation: Evaluation,
     test split restricted to its window's newest month (records neither model trained on:
     the split is seeded, and an older champion's window ends before that month); the whole
     test split when that month has too few records (< ``NEWER_MIN_RECORDS``, or one class)."""
-    months = data.raw_test["date"].astype(str).str[:7].to_numpy()
-    newest = months.max() if len(months) else ""
+    months = data.raw_test["date"].astype(str).str[:7].to_numpy(dtype=object)
+    newest = max(months.tolist()) if len(months) else ""
     mask = months == newest
     y = data.y_test
     if mask.sum() >= NEWER_MIN_RECORDS and len(set(y[mask].tolist())) == 2:

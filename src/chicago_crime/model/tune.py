@@ -214,8 +214,8 @@ def prepare_search_data(inputs: dict[str, pd.DataFrame], y: Any, months: Any = N
             categorical[key] = list(codes.categorical_)
     newest = None
     if months is not None:
-        month_arr = np.asarray(months).astype(str)
-        newest = month_arr == month_arr.max()
+        month_arr = np.asarray([str(m) for m in months], dtype=object)
+        newest = month_arr == max(month_arr.tolist())
         if newest.sum() < TEMPORAL_MIN_ROWS or (~newest).sum() < TEMPORAL_MIN_ROWS \
                 or len(set(y_arr[newest].tolist())) < 2:
             newest = None
