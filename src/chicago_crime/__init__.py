@@ -5,4 +5,10 @@ Core modules (``config``, ``layout``, ``lake``, ``portal``, ``socrata``, ``valid
 (``chicago_crime.serve``) and developer tooling apart (``chicago_crime.devtools``).
 """
 
+import os
+
+# MLflow's telemetry thread reads os.environ while tasks change it (KeyError
+# '_MLFLOW_TELEMETRY_SESSION_ID' seen in training); the platform sends no telemetry anyway.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
 __version__ = "0.1.0"
