@@ -712,3 +712,93 @@ class MutualInfoSelector(TransformerMixin, BaseEstimator):
     def transform_record(self, record: Mapping[str, Any]) -> dict[str, Any]:
         check_is_fitted(self, "selected_")
         return {n: record[n] for n in self.selected_}
+
+
+# --------------------------------------------------------------------------------------------
+# native categorical codes (training-time step of the native gradient-boosting family)
+# --------------------------------------------------------------------------------------------
+class CategoryCodes(TransformerMixin, BaseEstimator):
+    """Categorical columns -> integer codes for a booster with native categorical splits.
+
+    A gradient booster that splits on categories directly (``HistGradientBoostingClassifier``
+    with ``categorical_features``) needs each category as a small non-negative integer: the
+    ``max_categories - 1`` most frequent train categories of each column get codes ``0, 1, ...``
+    (most frequent first), every other value (rare or unseen) the last code, a missing value
+    NaN (the booster's own missing-value branch). ``interactions`` adds one categorical column
+    per pair (``iucr*location_description``), coded the same way. Codes depend on train
+    frequencies only, never on the target. Numeric columns pass through as floats.
+    """
+
+    def __init__(self, max_categories: int = 255,
+                 interactions: Sequence[tuple[str, str]] = ()) -> None:
+        self.max_categories = max_categories
+        self.interactions = interactions
+
+    @staticmethod
+    def _pair_name(pair: Sequence[str]) -> str:
+        return f"{pair[0]}*{pair[1]}"
+
+    def _pair_values(self, df: pd.DataFrame, pair: Sequence[str]) -> np.ndarray:
+        left, right = _categories(df[pair[0]]), _categories(df[pair[1]])
+        return np.asarray([f"{a}|{b}" for a, b in zip(left, right, strict=True)], dtype=object)
+
+    def fit(self, X: Any, y: Any = None) -> CategoryCodes:
+        if not 2 <= self.max_categories <= 255:
+            raise ValueError("max_categories must be within 2..255 (the booster's bin limit)")
+        df = _as_frame(X)
+        self.feature_names_in_ = np.asarray([str(c) for c in df.columns], dtype=object)
+        self.n_features_in_ = len(df.columns)
+        numeric = set(_numeric_columns(df))
+        self.numeric_columns_ = [c for c in self.feature_names_in_ if c in numeric]
+        columns = {c: _categories(df[c]) for c in self.feature_names_in_ if c not in numeric}
+        for pair in self.interactions:
+            columns[self._pair_name(pair)] = self._pair_values(df, pair)
+        self.codes_: dict[str, dict[str, int]] = {}
+        for col, values in columns.items():
+            present = values[values != MISSING]
+            names, counts = np.unique(present.astype(str), return_counts=True)
+            order = sorted(range(len(names)), key=lambda i: (-counts[i], names[i]))
+            kept = order[: self.max_categories - 1]
+            self.codes_[col] = {str(names[i]): code for code, i in enumerate(kept)}
+        self.categorical_ = list(self.codes_)
+        return self
+
+    def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
+        check_is_fitted(self, "codes_")
+        return np.asarray([*self.numeric_columns_, *self.categorical_], dtype=object)
+
+    def report(self) -> dict[str, Any]:
+        """What the fit found (logged with the model)."""
+        check_is_fitted(self, "codes_")
+        return {"categorical": self.categorical_, "numeric": self.numeric_columns_,
+                "codes": {c: len(m) for c, m in self.codes_.items()},
+                "other_code": self.max_categories - 1}
+
+    def _code(self, col: str, value: str) -> float:
+        if value == MISSING:
+            return math.nan
+        return float(self.codes_[col].get(value, self.max_categories - 1))
+
+    def transform(self, X: Any) -> pd.DataFrame:
+        check_is_fitted(self, "codes_")
+        df = _as_frame(X)
+        out: dict[str, Any] = {c: df[c].to_numpy(dtype=float) for c in self.numeric_columns_}
+        for col in self.categorical_:
+            pair = next((p for p in self.interactions if self._pair_name(p) == col), None)
+            values = _categories(df[col]) if pair is None else self._pair_values(df, pair)
+            out[col] = np.fromiter((self._code(col, v) for v in values), dtype=float,
+                                   count=len(values))
+        return pd.DataFrame(out, index=df.index)
+
+    def transform_record(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        check_is_fitted(self, "codes_")
+        out: dict[str, Any] = {c: to_float(record.get(c)) for c in self.numeric_columns_}
+        pairs = {self._pair_name(p): p for p in self.interactions}
+        for col in self.categorical_:
+            pair = pairs.get(col)
+            if pair is None:
+                value = _category(record.get(col))
+            else:
+                value = f"{_category(record.get(pair[0]))}|{_category(record.get(pair[1]))}"
+            out[col] = self._code(col, value)
+        return out

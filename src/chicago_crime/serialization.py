@@ -30,6 +30,9 @@ LIBRARY_TYPES: tuple[str, ...] = (
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
     "sklearn.model_selection._split.StratifiedKFold",
 )
+#: The package's training-time steps a served model holds besides the stage table's estimators
+#: (the native booster family's category codes, ``model.tune.family_steps``).
+MODEL_TYPES: tuple[str, ...] = ("chicago_crime.features.CategoryCodes",)
 _FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 
 
@@ -42,7 +45,7 @@ def trusted_types() -> list[str]:
     from chicago_crime.stages import STAGES
 
     own = [f"chicago_crime.features.{s.estimator}" for s in STAGES if s.estimator]
-    return sorted({*own, *LIBRARY_TYPES})
+    return sorted({*own, *MODEL_TYPES, *LIBRARY_TYPES})
 
 
 def untrusted(data: bytes) -> list[str]:

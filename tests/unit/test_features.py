@@ -412,3 +412,30 @@ def test_selector_keeps_informative_features_and_records_scores():
         "signal": 2.0, "weak": 3.0}
     again = F.MutualInfoSelector(k=2, max_samples=3000, random_state=0).fit(X, y)
     assert again.scores_ == sel.scores_
+
+
+def test_category_codes_rank_by_frequency_and_match_the_record_path() -> None:
+    """Codes: most frequent first, rare and unseen share the last code, missing is NaN; the
+    per-record path gives the frame path's values (interactions included)."""
+    import math
+
+    from chicago_crime.features import CategoryCodes
+
+    train = pd.DataFrame({"iucr": ["a", "a", "a", "b", "b", "c", None],
+                          "beat": ["1", "2", "1", "1", "2", "2", "1"],
+                          "hour": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, np.nan]})
+    codes = CategoryCodes(max_categories=3, interactions=[("iucr", "beat")]).fit(train)
+    assert codes.categorical_ == ["iucr", "beat", "iucr*beat"]
+    assert codes.codes_["iucr"] == {"a": 0, "b": 1}
+    probe = pd.DataFrame({"iucr": ["a", "b", "c", "zzz", None], "beat": ["1", "2", "9", "1", "1"],
+                          "hour": [7.0, np.nan, 1.0, 2.0, 3.0]})
+    out = codes.transform(probe)
+    assert out["iucr"].tolist()[:4] == [0.0, 1.0, 2.0, 2.0] and math.isnan(out["iucr"][4])
+    assert list(out.columns) == list(codes.get_feature_names_out())
+    for i, record in enumerate(probe.to_dict("records")):
+        row = codes.transform_record(record)
+        for col in out.columns:
+            a, b = row[col], out[col][i]
+            assert (math.isnan(a) and math.isnan(b)) or a == b, (col, i)
+    with pytest.raises(ValueError, match="max_categories"):
+        CategoryCodes(max_categories=300).fit(train)

@@ -65,23 +65,63 @@ def test_first_model_is_registered_as_champion_and_challenger(trained: dict[str,
     tags = client.get_model_version(name, "1").tags
     assert tags["gate_decision"] == "promoted"
     assert 0 < float(tags["threshold"]) < 1
-    assert float(tags["gate_challenger_score"]) == pytest.approx(result["metrics"]["roc_auc"],
-                                                                  abs=1e-6)
+    # the gate scored the newest month of the test split (neither model trained on it)
+    settings, lake = trained["settings"], trained["lake"]
+    _, test = etl.split_raw_window(MONTH, lake, settings)
+    newest = test[test["date"].str[:7] == MONTH].reset_index(drop=True)
+    assert tags["gate_evaluation"] == (f"{len(newest)} records of {MONTH}'s test split dated "
+                                       f"in {MONTH}, the window's newest month")
+    p = _model(trained, "1").predict_proba(R.model_frame(newest))[:, 1]
+    assert float(tags["gate_challenger_score"]) == pytest.approx(
+        ev.gate_score("roc_auc", R.labels(newest), p), abs=1e-6)
+
+
+def test_temporal_evaluation_beside_both_baselines(trained: dict[str, Any]) -> None:
+    """Refit before the window's newest month, scored on it, with both baselines on the same
+    rows; logged as temporal_* metrics, evaluation/temporal.json and on the card."""
+    settings, result = trained["settings"], trained["result"]
+    temporal = result["temporal"]
+    assert temporal is not None and temporal["month"] == MONTH
+    assert set(temporal) == {"month", "model", "iucr", "native_hgb"}
+    for name in ("model", "iucr", "native_hgb"):
+        assert 0.6 < temporal[name]["roc_auc"] <= 1 and temporal[name]["rows"] >= 500
+    assert temporal["model"]["rows"] == temporal["iucr"]["rows"] == temporal["native_hgb"]["rows"]
+    client = mlflow.MlflowClient(settings.mlflow_tracking_uri)
+    run = client.get_run(result["run_id"])
+    metrics = run.data.metrics
+    assert metrics["temporal_roc_auc"] == pytest.approx(temporal["model"]["roc_auc"], abs=1e-6)
+    assert metrics["temporal_baseline_iucr_roc_auc"] == pytest.approx(
+        temporal["iucr"]["roc_auc"], abs=1e-6)
+    assert metrics["temporal_roc_auc_margin"] == pytest.approx(
+        temporal["model"]["roc_auc"] - max(temporal["iucr"]["roc_auc"],
+                                           temporal["native_hgb"]["roc_auc"]), abs=1e-6)
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    logged = mlflow.artifacts.load_dict(f"runs:/{result['run_id']}/{train.TEMPORAL_ARTIFACT}")
+    assert logged["month"] == MONTH and set(logged["metrics"]) == {"model", "iucr", "native_hgb"}
+    # which ETL output each family read is logged; one calibrated classifier is served
+    params = run.data.params
+    assert params["input_stage_hgb_native"] == "outliers" and params["input_stage_hgb"] == "select"
+    assert params["input_stage"] == result["input_stage"]
+    assert params["search_objective"] == "temporal"
+    model = _model(trained, result["version"])
+    assert len(model.steps[-1][1].calibrated_classifiers_) == 1
 
 
 def test_served_pipeline_is_built_from_the_etl_fitted_steps(trained: dict[str, Any]) -> None:
     model = _model(trained, trained["result"]["version"])
     lake = trained["lake"]
-    assert [name for name, _ in model.steps] == [
-        "enrich", "outliers", "encode", "scale", "select", "clf"]
+    native = trained["result"]["input_stage"] == "outliers"
+    assert [name for name, _ in model.steps] == (
+        ["enrich", "outliers", "codes", "clf"] if native
+        else ["enrich", "outliers", "encode", "scale", "select", "clf"])
     steps = dict(model.steps)
     stored = {s.name: lake.read_object(layout.fitted_key(MONTH, s.name)) for s in stages.served()}
-    stored_encoder, stored_scaler = stored["encode"], stored["scale"]
-    stored_selector, stored_enricher = stored["select"], stored["enrich"]
-    assert steps["encode"].target_maps_ == stored_encoder.target_maps_
-    np.testing.assert_array_equal(steps["scale"].mean_, stored_scaler.mean_)
-    assert steps["select"].selected_ == stored_selector.selected_
-    np.testing.assert_array_equal(steps["enrich"].station_x_, stored_enricher.station_x_)
+    if not native:
+        assert steps["encode"].target_maps_ == stored["encode"].target_maps_
+        np.testing.assert_array_equal(steps["scale"].mean_, stored["scale"].mean_)
+        assert steps["select"].selected_ == stored["select"].selected_
+    assert steps["outliers"].medians_ == stored["outliers"].medians_
+    np.testing.assert_array_equal(steps["enrich"].station_x_, stored["enrich"].station_x_)
     assert isinstance(steps["enrich"].stations, dict)  # saved by skops as plain data
     assert not any(hasattr(step, "fit_resample") for _, step in model.steps)  # no sampler
 
@@ -144,12 +184,15 @@ def test_search_logged_one_nested_run_per_trial(trained: dict[str, Any]) -> None
     assert len(children) == result["trials"] == 2
     for child in children:
         assert {"model", "balance", "cv_folds"} <= set(child.data.params)
-        for metric in ("cv_roc_auc", "cv_pr_auc", "cv_f1", "cv_brier", "cv_log_loss"):
+        for metric in ("cv_roc_auc", "cv_pr_auc", "cv_brier", "cv_log_loss"):
             assert metric in child.data.metrics
     parent = client.get_run(result["run_id"])
     card = registry.card(client, settings.model_name, settings.champion_alias)
     assert card is not None and card.version == "1" and card.run_id == result["run_id"]
-    assert list(card.features) == train.load_month(MONTH, trained["lake"], settings).features
+    data = train.load_month(MONTH, trained["lake"], settings)
+    family = train.family_input(data, result["best_params"])
+    assert list(card.features) == [str(c) for c in family.X_train.columns]
+    assert {child.data.params["model"] for child in children} == {"hgb_native", "hgb"}
     assert card.threshold == pytest.approx(result["threshold"], abs=1e-6)
     assert card.metrics["roc_auc"] == pytest.approx(result["metrics"]["roc_auc"], abs=1e-6)
     assert card.month == MONTH and card.window_start <= card.window_end

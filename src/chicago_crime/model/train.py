@@ -104,6 +104,11 @@ class MonthData:
     raw_train: pd.DataFrame
     raw_test: pd.DataFrame
     keys: dict[str, str] = field(default_factory=dict)
+    #: Other stage outputs a model family reads (``outliers``: categories still as text),
+    #: train and test, row-aligned with ``X_train``/``X_test``.
+    inputs: dict[str, tuple[pd.DataFrame, pd.DataFrame]] = field(default_factory=dict)
+    #: ``YYYY-MM`` of each train row (the temporal search objective's newest month).
+    train_months: np.ndarray | None = None
 
     @property
     def window(self) -> tuple[str, str]:
@@ -152,6 +157,12 @@ def load_month(month: str, lake: Lake, settings: Settings) -> MonthData:
     train = _frame(data_stage.read("train"))
     test = _frame(data_stage.read("test"))
     split_test_ids = _frame(chain[stages.SPLIT].read("test"))[etl.ID_COL].astype(str)
+    split_train_ids = _frame(chain[stages.SPLIT].read("train"))[etl.ID_COL].astype(str)
+    native = chain[tune.NATIVE_INPUT_STAGE]
+    keys.update(native_train_data=native.key("train"), native_test_data=native.key("test"))
+    inputs = {tune.NATIVE_INPUT_STAGE: tuple(
+        _frame(native.read(part)).drop(columns=[R.TARGET, etl.ID_COL], errors="ignore")
+        for part in ("train", "test"))}
     raw = etl.split_raw_window(month, lake, settings)
     if raw is None:
         raise TrainingDataMissing(f"raw window or split of {month} missing")
@@ -162,11 +173,17 @@ def load_month(month: str, lake: Lake, settings: Settings) -> MonthData:
     y_test = test[R.TARGET].astype(bool).to_numpy().astype(int)
     if len(raw_test) != len(test) or not np.array_equal(R.labels(raw_test), y_test):
         raise ValueError(f"{month}: raw test records do not line up with the test set")
+    dates = raw_train.set_index(raw_train[etl.ID_COL].astype(str))["date"].astype(str)
+    train_months = dates.reindex(split_train_ids).str[:7].to_numpy()
+    if any(len(frame) != len(rows) for frame, rows in zip(inputs[tune.NATIVE_INPUT_STAGE],
+                                                           (train, test), strict=True)):
+        raise ValueError(f"{month}: the {tune.NATIVE_INPUT_STAGE} stage's rows do not line up "
+                         "with the training data")
     return MonthData(
         month=month, steps=steps, features=features,
         X_train=train[features], y_train=train[R.TARGET].astype(int).to_numpy(),
         X_test=test[features], y_test=y_test, raw_train=raw_train, raw_test=raw_test,
-        keys=keys,
+        keys=keys, inputs=inputs, train_months=train_months,
     )
 
 
@@ -226,6 +243,29 @@ def newer_evaluation(lake: Lake, settings: Settings) -> Any:
     return newer
 
 
+def newest_month_evaluation(data: MonthData, evaluation: Evaluation,
+                            metric: str) -> registry.Evaluation:
+    """The gate's records when the lake has none newer than both windows: the challenger's
+    test split restricted to its window's newest month (records neither model trained on:
+    the split is seeded, and an older champion's window ends before that month); the whole
+    test split when that month has too few records (< ``NEWER_MIN_RECORDS``, or one class)."""
+    months = data.raw_test["date"].astype(str).str[:7].to_numpy(dtype=object)
+    newest = max(months.tolist()) if len(months) else ""
+    mask = months == newest
+    y = data.y_test
+    if mask.sum() >= NEWER_MIN_RECORDS and len(set(y[mask].tolist())) == 2:
+        inputs, y = evaluation.inputs[mask].reset_index(drop=True), y[mask]
+        description = (f"{int(mask.sum())} records of {data.month}'s test split dated in "
+                       f"{newest}, the window's newest month")
+    else:
+        inputs, description = evaluation.inputs, registry.IN_WINDOW
+
+    def score(candidate: Any) -> float:
+        return ev.gate_score(metric, y, candidate.predict_proba(inputs)[:, 1])
+
+    return registry.Evaluation(score, description)
+
+
 # --------------------------------------------------------------------------------------------
 # final model
 # --------------------------------------------------------------------------------------------
@@ -233,32 +273,40 @@ def calibration_method(rows: int) -> str:
     return "isotonic" if rows >= ISOTONIC_MIN_ROWS else "sigmoid"
 
 
-def _scores(estimator: Any, X: pd.DataFrame) -> np.ndarray:
-    if hasattr(estimator, "decision_function"):
-        return np.asarray(estimator.decision_function(X), dtype=float)
-    return np.asarray(estimator.predict_proba(X)[:, 1], dtype=float)
+def _oof_scores(estimator: Any, X: pd.DataFrame, y: np.ndarray, splitter: Any) -> np.ndarray:
+    """Out-of-fold scores (``decision_function``, else ``predict_proba``): the scores
+    ``CalibratedClassifierCV(ensemble=False)`` fits its calibrator on."""
+    from sklearn.model_selection import cross_val_predict
+
+    method = "decision_function" if hasattr(estimator, "decision_function") else "predict_proba"
+    scores = cross_val_predict(estimator, X, y, cv=splitter, method=method)
+    return np.asarray(scores if scores.ndim == 1 else scores[:, 1], dtype=float)
 
 
 def fit_calibrated(params: dict[str, Any], X: pd.DataFrame, y: np.ndarray, seed: int,
-                   ) -> tuple[CalibratedClassifierCV, np.ndarray]:
-    """Best candidate in ``CalibratedClassifierCV``; plus out-of-fold calibrated probabilities.
+                   categorical: tuple[str, ...] | list[str] = (), *, oof: bool = True,
+                   ) -> tuple[CalibratedClassifierCV, np.ndarray | None]:
+    """Best candidate in ``CalibratedClassifierCV(ensemble=False)``; plus out-of-fold
+    calibrated probabilities.
 
-    The fold classifiers' held-out scores are out-of-fold by construction; calibrating them
-    with a calibrator cross-fitted on the *other* folds gives every train row a probability
-    from a classifier and a calibrator that never saw it (the threshold's validation data).
+    One classifier refitted on every train row and one calibrator fitted on its out-of-fold
+    scores: serving runs one booster per request instead of ``CALIBRATION_FOLDS`` (the test
+    ECE is logged and checked by the benchmark). The threshold's validation probabilities
+    come from the same out-of-fold scores, calibrated by a map cross-fitted on the *other*
+    folds: every train row gets a probability from a classifier and a calibrator that never
+    saw it.
     """
     method = calibration_method(len(X))
     splitter = StratifiedKFold(n_splits=CALIBRATION_FOLDS, shuffle=True, random_state=seed)
-    calibrated = CalibratedClassifierCV(tune.build_candidate(params, seed), method=method,
-                                        cv=splitter, ensemble=True)
+    candidate = tune.build_candidate(params, seed, categorical)
+    calibrated = CalibratedClassifierCV(candidate, method=method, cv=splitter, ensemble=False)
     calibrated.fit(X, y)
-    folds = list(splitter.split(X, y))
-    scores = np.empty(len(X), dtype=float)
-    for (_, held_out), fold_model in zip(folds, calibrated.calibrated_classifiers_, strict=True):
-        scores[held_out] = _scores(fold_model.estimator, X.iloc[held_out])
+    if not oof:
+        return calibrated, None
+    scores = _oof_scores(tune.build_candidate(params, seed, categorical), X, y, splitter)
     oof = np.empty(len(X), dtype=float)
-    for k, (_, held_out) in enumerate(folds):
-        other = np.concatenate([f[1] for j, f in enumerate(folds) if j != k])
+    for _, held_out in splitter.split(X, y):
+        other = np.setdiff1d(np.arange(len(X)), held_out)
         if method == "isotonic":
             cal = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
             cal.fit(scores[other], y[other])
@@ -269,10 +317,170 @@ def fit_calibrated(params: dict[str, Any], X: pd.DataFrame, y: np.ndarray, seed:
     return calibrated, oof
 
 
+@dataclass
+class FamilyInput:
+    """A configuration's served steps up to its input stage, its training-time steps (fitted
+    on the train set) and its classifier's train/test features."""
+
+    steps: list[tuple[str, Any]]
+    X_train: pd.DataFrame
+    X_test: pd.DataFrame
+    categorical: list[str]
+    stage: str
+
+
+def family_input(data: MonthData, params: dict[str, Any]) -> FamilyInput:
+    """What the family of ``params`` is fitted on: the encoded families read the served chain's
+    output (the training data), the native ones the ``outliers`` stage's output plus category
+    codes fitted here (label-free: train frequencies)."""
+    stage = tune.input_stage(params["model"])
+    names = [name for name, _ in data.steps]
+    steps = list(data.steps[: names.index(stage) + 1])
+    if stage == names[-1]:
+        X_train, X_test = data.X_train, data.X_test
+    else:
+        X_train, X_test = data.inputs[stage]
+    categorical: list[str] = []
+    for name, step in tune.family_steps(params):
+        X_train = step.fit_transform(X_train, data.y_train)
+        X_test = step.transform(X_test)
+        steps.append((name, step))
+        categorical = list(getattr(step, "categorical_", categorical))
+    return FamilyInput(steps, X_train, X_test, categorical, stage)
+
+
 def assemble(steps: list[tuple[str, Any]], classifier: Any) -> Pipeline:
     """The served model: the ETL's fitted steps (named like their stages) followed by the
     calibrated classifier."""
     return Pipeline([*steps, ("clf", classifier)])
+
+
+# --------------------------------------------------------------------------------------------
+# temporal evaluation: "how will it do on next month's crimes"
+# --------------------------------------------------------------------------------------------
+#: Fewest labelled records of the window's newest month for the temporal evaluation.
+TEMPORAL_MIN_RECORDS = 500
+TEMPORAL_ARTIFACT = "evaluation/temporal.json"
+
+
+@dataclass
+class TemporalEvaluation:
+    """The chosen configuration refitted on the window minus its newest month, scored on that
+    month beside both baselines fitted on the same earlier records."""
+
+    month: str
+    fit_rows: int
+    rows: int
+    metrics: dict[str, dict[str, float]]
+    seconds: float
+
+    def flat(self) -> dict[str, float]:
+        """``temporal_<metric>`` (the model), ``temporal_baseline_<name>_<metric>``."""
+        out: dict[str, float] = {}
+        for name, values in self.metrics.items():
+            prefix = "temporal_" if name == "model" else f"temporal_baseline_{name}_"
+            out.update({f"{prefix}{k}": v for k, v in values.items()})
+        return _finite(out)
+
+
+def temporal_split(data: MonthData) -> tuple[pd.DataFrame, pd.DataFrame, str] | None:
+    """The window's labelled records before its newest month, and that month's (train and
+    test split alike: the temporal refit never sees them). None when the newest month has too
+    few records or one class only."""
+    raw = pd.concat([data.raw_train, data.raw_test], ignore_index=True)
+    raw = raw[~np.isnan(R.labels(raw))].reset_index(drop=True)
+    months = raw["date"].astype(str).str[:7]
+    newest = months.max()
+    last, earlier = raw[months == newest], raw[months < newest]
+    if len(last) < TEMPORAL_MIN_RECORDS or len(set(R.labels(last).tolist())) < 2 \
+            or len(set(R.labels(earlier).tolist())) < 2:
+        return None
+    return earlier.reset_index(drop=True), last.reset_index(drop=True), newest
+
+
+def refit_pipeline(data: MonthData, params: dict[str, Any], raw: pd.DataFrame,
+                   seed: int) -> Pipeline:
+    """The served pipeline's shape for ``params``, every label-dependent part refitted on
+    ``raw`` only: the ETL's stages up to the family's input stage are clones of the lake's
+    fitted objects (same settings; the balancing sampler in between as the ETL runs it), then
+    the family's training-time steps and the calibrated classifier. The enricher is reused as
+    it is: it holds the station table, nothing learnt from records."""
+    from sklearn.base import clone
+
+    enrich_name, enricher = data.steps[0]
+    fitted = dict(data.steps)
+    y = R.labels(raw).astype(int)
+    X = X_fit = enricher.transform(R.model_frame(raw))
+    y_fit = y.astype(bool)
+    resampled = False
+    steps: list[tuple[str, Any]] = [(enrich_name, enricher)]
+    stage = tune.input_stage(params["model"])
+    names = list(stages.NAMES)
+    for row in stages.STAGES[names.index(enrich_name) + 1: names.index(stage) + 1]:
+        if row.estimator is None:
+            continue
+        if not row.served:  # a sampler: the later stages fit on its output, as in the ETL
+            X_fit, y_fit = row.make(seed).fit_resample(X_fit, y_fit)
+            resampled = True
+            continue
+        step = clone(fitted[row.name])
+        if resampled:
+            X_fit = step.fit(X_fit, y_fit).transform(X_fit)
+            X = step.transform(X)
+        else:
+            X = X_fit = step.fit_transform(X_fit, y_fit)
+        steps.append((row.name, step))
+    categorical: list[str] = []
+    for name, step in tune.family_steps(params):
+        X = step.fit_transform(X, y)
+        categorical = list(getattr(step, "categorical_", categorical))
+        steps.append((name, step))
+    calibrated, _ = fit_calibrated(params, X, y, seed, categorical, oof=False)
+    return assemble(steps, calibrated)
+
+
+def temporal_evaluation(data: MonthData, params: dict[str, Any],
+                        seed: int) -> TemporalEvaluation | None:
+    """Refit ``params`` on the window minus its newest month and score that month; the IUCR
+    lookup and the plain native booster are fitted on the same earlier records and scored on
+    the same rows. None when the window's newest month is too small (see
+    :func:`temporal_split`)."""
+    split = temporal_split(data)
+    if split is None:
+        return None
+    started = time.perf_counter()
+    earlier, last, newest = split
+    y_earlier, y_last = R.labels(earlier).astype(int), R.labels(last).astype(int)
+    model = refit_pipeline(data, params, earlier, seed)
+    probabilities = {
+        "model": model.predict_proba(R.model_frame(last))[:, 1],
+        "iucr": ev.IucrRateBaseline().fit(earlier, y_earlier).predict_proba(last)[:, 1],
+        "native_hgb": ev.NativeBoostingBaseline(data.steps[0][1], seed).fit(
+            earlier, y_earlier).predict_proba(last)[:, 1],
+    }
+    metrics = {name: ev.binary_metrics(y_last, p) for name, p in probabilities.items()}
+    return TemporalEvaluation(month=newest, fit_rows=len(earlier), rows=len(last),
+                              metrics=metrics, seconds=time.perf_counter() - started)
+
+
+def _log_temporal(temporal: TemporalEvaluation | None) -> None:
+    import mlflow
+
+    if temporal is None:
+        mlflow.set_tag("temporal_evaluation", "skipped: too few records in the newest month")
+        return
+    model = temporal.metrics["model"]
+    best_baseline = max(v["roc_auc"] for k, v in temporal.metrics.items() if k != "model")
+    mlflow.log_metrics({**temporal.flat(),
+                        "temporal_roc_auc_margin": model["roc_auc"] - best_baseline,
+                        "temporal_seconds": temporal.seconds})
+    mlflow.set_tag("temporal_evaluation",
+                   f"refit on the window before {temporal.month} ({temporal.fit_rows} records), "
+                   f"scored on {temporal.rows} records of {temporal.month}")
+    mlflow.log_dict({"month": temporal.month, "fit_rows": temporal.fit_rows,
+                     "rows": temporal.rows, "metrics": temporal.metrics,
+                     "roc_auc_margin_over_best_baseline": model["roc_auc"] - best_baseline},
+                    TEMPORAL_ARTIFACT)
 
 
 # --------------------------------------------------------------------------------------------
@@ -352,14 +560,24 @@ class Evaluation:
     baseline_metrics: dict[str, float]
 
 
+def search_data(data: MonthData, max_rows: int | None, seed: int) -> tune.SearchData:
+    """The train rows as each family reads them, with their months (temporal objective)."""
+    inputs = {tune.input_stage("hgb"): data.X_train,
+              tune.NATIVE_INPUT_STAGE: data.inputs[tune.NATIVE_INPUT_STAGE][0]}
+    return tune.prepare_search_data(inputs, data.y_train, data.train_months,
+                                    max_rows=max_rows, seed=seed)
+
+
 def run_training(month: str, settings: Settings | None = None, lake: Lake | None = None, *,
                  trials: int | None = None, timeout: float | None = None,
                  search_max_rows: int | None = tune.SEARCH_MAX_ROWS,
-                 importance_rows: int = 10_000) -> dict[str, Any]:
+                 importance_rows: int = 10_000,
+                 search: tune.SearchResult | None = None) -> dict[str, Any]:
     """Search, fit, evaluate, log, register and gate a model for ``month``.
 
-    Returns small values: run id, registered version, whether it became champion, the gate's
-    scores and the test metrics.
+    ``search``: the result of a search already run (the DAG's mapped trials); else it runs
+    here. Returns small values: run id, registered version, whether it became champion, the
+    gate's scores, the test and temporal metrics.
     """
     import mlflow
 
@@ -375,18 +593,25 @@ def run_training(month: str, settings: Settings | None = None, lake: Lake | None
     with mlflow.start_run(run_name=f"train-{month}") as run:
         _log_setup(data, lake, settings, n_trials=n_trials, budget=budget,
                    search_max_rows=search_max_rows)
-        search = tune.run_search(data.X_train, data.y_train, n_trials=n_trials, timeout=budget,
-                                 folds=settings.cv_folds, seed=settings.random_seed,
-                                 max_rows=search_max_rows)
+        if search is None:
+            search = tune.run_search(search_data(data, search_max_rows, settings.random_seed),
+                                     n_trials=n_trials, timeout=budget,
+                                     folds=settings.cv_folds, seed=settings.random_seed)
         _log_search(search)
-        final = _fit_final(data, search.best_params, settings.random_seed)
-        model = assemble(data.steps, final.classifier)
-        evaluation = _evaluate(model, final, data, settings.random_seed, importance_rows)
+        family = family_input(data, search.best_params)
+        final = _fit_final(family, data.y_train, search.best_params, settings.random_seed)
+        model = assemble(family.steps, final.classifier)
+        evaluation = _evaluate(model, final, family, data, settings.random_seed,
+                               importance_rows)
+        temporal = temporal_evaluation(data, search.best_params, settings.random_seed)
+        _log_temporal(temporal)
         window_start, window_end = data.window
         card = ModelCard(
             name=settings.model_name, run_id=run.info.run_id, threshold=final.threshold,
-            features=tuple(data.features), month=month, window_start=window_start,
-            window_end=window_end, metrics=_finite(evaluation.metrics),
+            features=tuple(str(c) for c in family.X_train.columns), month=month,
+            window_start=window_start, window_end=window_end,
+            metrics=_finite({**evaluation.metrics,
+                             **({} if temporal is None else temporal.flat())}),
             calibration=final.classifier.method, model_family=search.best_params["model"],
             balanced=bool(search.best_params.get("balance")))
         card, decision = _register(model, card, data, evaluation, settings, lake)
@@ -399,10 +624,14 @@ def run_training(month: str, settings: Settings | None = None, lake: Lake | None
         "champion_score": decision.champion_score, "gate_evaluation": decision.evaluated_on,
         "threshold": final.threshold,
         "best_params": search.best_params, "trials": search.n_trials,
-        "search_seconds": search.seconds,
+        "search_seconds": search.seconds, "input_stage": family.stage,
         "metrics": {k: round(v, 6) for k, v in _finite(evaluation.metrics).items()},
         "baseline_metrics": {k: round(v, 6)
                              for k, v in _finite(evaluation.baseline_metrics).items()},
+        "temporal": None if temporal is None else {
+            "month": temporal.month,
+            **{name: {k: round(v, 6) for k, v in _finite(m).items()}
+               for name, m in temporal.metrics.items()}},
         "seconds": round(time.perf_counter() - started, 1),
     }
 
@@ -437,36 +666,42 @@ def _log_search(search: tune.SearchResult) -> None:
     import mlflow
 
     mlflow.log_params({f"best_{k}": v for k, v in search.best_params.items()})
+    mlflow.log_params({"search_objective": search.objective,
+                       "input_stage": tune.input_stage(search.best_params["model"]),
+                       **{f"input_stage_{f}": tune.input_stage(f) for f in tune.FAMILIES}})
     mlflow.log_metrics(_finite({"search_trials_completed": search.n_trials,
                                 "search_seconds": search.seconds,
                                 **{f"cv_best_{k}": v for k, v in search.best_cv.items()}}))
     mlflow.log_table(pd.DataFrame(search.trials), "search/trials.json")
 
 
-def _fit_final(data: MonthData, params: dict[str, Any], seed: int) -> FinalModel:
+def _fit_final(family: FamilyInput, y: np.ndarray, params: dict[str, Any],
+               seed: int) -> FinalModel:
     """Refit the best candidate with calibration; choose the threshold out of fold."""
     import mlflow
 
     started = time.perf_counter()
-    calibrated, oof = fit_calibrated(params, data.X_train, data.y_train, seed)
-    threshold, _ = ev.best_f1_threshold(data.y_train, oof)
+    calibrated, oof = fit_calibrated(params, family.X_train, y, seed, family.categorical)
+    assert oof is not None
+    threshold, _ = ev.best_f1_threshold(y, oof)
     mlflow.log_param("calibration", calibrated.method)
+    mlflow.log_param("calibration_ensemble", calibrated.ensemble)
     mlflow.log_metrics(_finite({
         "fit_seconds": time.perf_counter() - started,
-        **{f"val_{k}": v for k, v in ev.binary_metrics(data.y_train, oof, threshold).items()},
+        **{f"val_{k}": v for k, v in ev.binary_metrics(y, oof, threshold).items()},
     }))
     return FinalModel(calibrated, threshold)
 
 
-def _evaluate(model: Pipeline, final: FinalModel, data: MonthData, seed: int,
-              importance_rows: int) -> Evaluation:
+def _evaluate(model: Pipeline, final: FinalModel, family: FamilyInput, data: MonthData,
+              seed: int, importance_rows: int) -> Evaluation:
     """Test metrics of the served model on raw records, plots, per-type metrics, importance
     and the IUCR-rate baseline (logged under ``evaluation/``)."""
     import mlflow
 
     inputs = R.model_frame(data.raw_test)
     p_test = model.predict_proba(inputs)[:, 1]
-    p_direct = final.classifier.predict_proba(data.X_test)[:, 1]
+    p_direct = final.classifier.predict_proba(family.X_test)[:, 1]
     consistency = float(np.max(np.abs(p_test - p_direct))) if len(p_test) else 0.0
     mlflow.log_metric("pipeline_consistency_max_abs_diff", consistency)
     if not consistency <= CONSISTENCY_TOLERANCE:  # NaN fails too
@@ -476,7 +711,7 @@ def _evaluate(model: Pipeline, final: FinalModel, data: MonthData, seed: int,
             "stages and the stage data do not belong together; rerun the ETL for the month")
     baseline = ev.IucrRateBaseline().fit(data.raw_train, R.labels(data.raw_train))
     p_base = baseline.predict_proba(data.raw_test)[:, 1]
-    importance = ev.permutation_importance_frame(final.classifier, data.X_test, data.y_test,
+    importance = ev.permutation_importance_frame(final.classifier, family.X_test, data.y_test,
                                                  seed=seed, max_rows=importance_rows)
     with tempfile.TemporaryDirectory() as tmp:
         metrics = ev.write_report(
@@ -512,15 +747,13 @@ def _register(model: Pipeline, card: ModelCard, data: MonthData, evaluation: Eva
     version = registry.register(client, card.name, info.model_uri, str(card.run_id), card,
                                 model_id=info.model_id)
     card = replace(card, version=str(version.version))
-    metric, y_test = settings.primary_metric, data.y_test
-
-    def score(candidate: Any) -> float:
-        return ev.gate_score(metric, y_test, candidate.predict_proba(evaluation.inputs)[:, 1])
+    metric = settings.primary_metric
 
     mlflow.set_tag("registered_version", card.version)
     try:
         decision = registry.gate(
-            client, card.name, card.version, registry.Evaluation(score), metric=metric,
+            client, card.name, card.version, newest_month_evaluation(data, evaluation, metric),
+            metric=metric,
             champion_alias=settings.champion_alias, margin=settings.promotion_margin,
             challenger_model=model, newer=newer_evaluation(lake, settings))
     except registry.GateError:
