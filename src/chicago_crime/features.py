@@ -20,7 +20,12 @@ Conventions (documented in ``docs/features.md``):
 * ``season``: Dec-Feb Winter, Mar-May Spring, Jun-Aug Summer, Sep-Nov Fall;
 * ``day_time``: Morning [06:00, 12:00), Afternoon [12:00, 18:00), Evening [18:00, 22:00),
   Night [22:00, 06:00);
-* ``day_of_week``: 0 = Monday ... 6 = Sunday.
+* ``day_of_week``: 0 = Monday ... 6 = Sunday;
+* time quality (:data:`TIME_QUALITY_COLUMNS`): how precisely the report's time was written
+  down. A crime seen as it happened (often an on-view arrest) carries its exact minute; one
+  reported later is often dated to the hour, to midnight, to noon or to the 1st of the month.
+  ``minute``, ``day_of_month`` and 0/1 flags ``on_the_hour``, ``on_five_minutes``,
+  ``at_midnight``, ``at_noon``; all read from the record's own ``date`` (no leakage).
 """
 
 from __future__ import annotations
@@ -80,8 +85,13 @@ CATEGORICAL_COLUMNS: tuple[str, ...] = (
     "iucr", "primary_type", "description", "location_description", "beat", "district",
     "ward", "community_area", "fbi_code", STATION_COL, "season", "day_time",
 )
+#: How precisely the time was recorded (see the module's docstring), from :func:`time_quality`.
+TIME_QUALITY_COLUMNS: tuple[str, ...] = (
+    "minute", "day_of_month", "on_the_hour", "on_five_minutes", "at_midnight", "at_noon",
+)
 NUMERIC_COLUMNS: tuple[str, ...] = (
     "domestic", "hour", "day_of_week", "month", "x_coordinate", "y_coordinate", DIST_COL,
+    *TIME_QUALITY_COLUMNS,
 )
 #: Columns produced by :class:`CrimeEnricher`, in order.
 ENRICHED_COLUMNS: tuple[str, ...] = CATEGORICAL_COLUMNS + NUMERIC_COLUMNS
@@ -102,6 +112,27 @@ def day_time_of(hour: float | None) -> str | None:
         if start <= hour < end:
             return label
     return "Night"
+
+
+def time_quality(hour: Any, minute: Any, day: Any) -> dict[str, Any]:
+    """:data:`TIME_QUALITY_COLUMNS` of scalars or NumPy arrays (NaN in, NaN out)."""
+    def flag(condition: Any, *parts: Any) -> Any:
+        missing = np.isnan(parts[0])
+        for part in parts[1:]:
+            missing = missing | np.isnan(part)
+        return np.where(missing, np.nan, np.asarray(condition, dtype=float))
+
+    with np.errstate(invalid="ignore"):
+        values = {
+            "minute": minute, "day_of_month": day,
+            "on_the_hour": flag(minute == 0, minute),
+            "on_five_minutes": flag(np.fmod(minute, 5) == 0, minute),
+            "at_midnight": flag((hour == 0) & (minute == 0), hour, minute),
+            "at_noon": flag((hour == 12) & (minute == 0), hour, minute),
+        }
+    if np.ndim(minute) == 0:
+        return {k: float(v) for k, v in values.items()}
+    return {k: np.asarray(v, dtype=float) for k, v in values.items()}
 
 
 def _as_frame(X: Any) -> pd.DataFrame:
@@ -201,7 +232,8 @@ class CrimeEnricher(TransformerMixin, BaseEstimator):
         out: dict[str, Any] = {}
         for name, func in CATEGORICAL_NORMALIZERS.items():
             out[name] = map_unique(column(df, name), func)
-        hour, dow, month = calendar(df)
+        when = calendar(df)
+        hour, dow, month = when["hour"], when["day_of_week"], when["month"]
         out["season"] = map_unique(month, season_of)
         out["day_time"] = map_unique(hour, day_time_of)
         domestic = map_unique(column(df, "domestic"), to_bool).astype(float)
@@ -210,7 +242,8 @@ class CrimeEnricher(TransformerMixin, BaseEstimator):
         dist, station = self._nearest(x, y)
         out[STATION_COL] = station
         numeric = {"domestic": domestic, "hour": hour, "day_of_week": dow, "month": month,
-                   "x_coordinate": x, "y_coordinate": y, DIST_COL: dist}
+                   "x_coordinate": x, "y_coordinate": y, DIST_COL: dist,
+                   **time_quality(hour, when["minute"], when["day"])}
         return pd.DataFrame(
             {c: (pd.Series(out[c], index=df.index, dtype=object, copy=False) if c in out
                  else pd.Series(numeric[c], index=df.index, dtype=float, copy=False))
@@ -276,7 +309,7 @@ class CrimeEnricher(TransformerMixin, BaseEstimator):
         out: dict[str, Any] = {}
         for name, func in CATEGORICAL_NORMALIZERS.items():
             out[name] = func(record.get(name))
-        hour, dow, month = parse_when(record.get("date"))
+        hour, dow, month, minute, day = parse_when(record.get("date"))
         x, y = coordinates(record)
         if math.isnan(x):
             dist, station = math.nan, None
@@ -292,6 +325,7 @@ class CrimeEnricher(TransformerMixin, BaseEstimator):
         out["domestic"] = to_bool(record.get("domestic"))
         out["hour"], out["day_of_week"], out["month"] = hour, dow, month
         out["x_coordinate"], out["y_coordinate"], out[DIST_COL] = x, y, dist
+        out.update(time_quality(hour, minute, day))
         return {c: out[c] for c in ENRICHED_COLUMNS}
 
 

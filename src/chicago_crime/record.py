@@ -195,11 +195,16 @@ CATEGORICAL_NORMALIZERS: dict[str, Callable[[Any], str | None]] = {
 }
 
 
-def parse_when(value: Any) -> tuple[float, float, float]:
-    """(hour, day_of_week, month) of a floating timestamp; NaNs when unparseable."""
-    nan3 = (math.nan, math.nan, math.nan)
+#: What :func:`parse_when` reads from a timestamp, in its order.
+WHEN_PARTS: tuple[str, ...] = ("hour", "day_of_week", "month", "minute", "day")
+
+
+def parse_when(value: Any) -> tuple[float, ...]:
+    """:data:`WHEN_PARTS` (hour, day of week, month, minute, day of month) of a floating
+    timestamp; NaNs when unparseable."""
+    nan_parts = (math.nan,) * len(WHEN_PARTS)
     if is_missing(value):
-        return nan3
+        return nan_parts
     moment: datetime | None
     if isinstance(value, datetime):
         moment = value
@@ -209,10 +214,11 @@ def parse_when(value: Any) -> tuple[float, float, float]:
         try:
             moment = datetime.fromisoformat(value.strip())
         except ValueError:
-            return nan3
+            return nan_parts
     else:
-        return nan3
-    return float(moment.hour), float(moment.weekday()), float(moment.month)
+        return nan_parts
+    return (float(moment.hour), float(moment.weekday()), float(moment.month),
+            float(moment.minute), float(moment.day))
 
 
 # --------------------------------------------------------------------------------------------
@@ -235,18 +241,19 @@ def column(df: pd.DataFrame, name: str) -> np.ndarray:
     return np.full(len(df), None, dtype=object)
 
 
-def calendar(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(hour, day_of_week, month) of the ``date`` column: :func:`parse_when` of each value
+def calendar(df: pd.DataFrame) -> dict[str, np.ndarray]:
+    """:data:`WHEN_PARTS` of the ``date`` column, by name: :func:`parse_when` of each value
     (read from the ``.dt`` accessor when the column is already a datetime column)."""
     if "date" in df.columns and pd.api.types.is_datetime64_any_dtype(df["date"].dtype):
         parts = df["date"].dt
-        hour, dow, month = (getattr(parts, a).to_numpy(dtype=float, na_value=np.nan)
-                            for a in ("hour", "weekday", "month"))
-        return hour, dow, month
+        accessor = {"day_of_week": "weekday"}
+        return {name: getattr(parts, accessor.get(name, name)).to_numpy(dtype=float,
+                                                                        na_value=np.nan)
+                for name in WHEN_PARTS}
     n = len(df)
     when = map_unique(column(df, "date"), parse_when)
-    return tuple(np.fromiter((w[i] for w in when), dtype=float, count=n)  # type: ignore[return-value]
-                 for i in range(3))
+    return {name: np.fromiter((w[i] for w in when), dtype=float, count=n)
+            for i, name in enumerate(WHEN_PARTS)}
 
 
 #: Value types whose NumPy object -> float cast is Python's ``float()`` (as in :func:`to_float`).

@@ -280,6 +280,37 @@ def test_calendar_features_match_pandas_on_real_dates(raw, enriched):
     assert datetime(2018, 6, 4).weekday() == 0
 
 
+@pytest.mark.parametrize(("moment", "expected"), [
+    ("2018-06-04T13:07:00.000", (7, 4, 0, 0, 0, 0)),
+    ("2018-06-04T13:05:00.000", (5, 4, 0, 1, 0, 0)),
+    ("2018-06-01T13:00:00.000", (0, 1, 1, 1, 0, 0)),
+    ("2018-06-04T00:00:00.000", (0, 4, 1, 1, 1, 0)),
+    ("2018-06-04T12:00:00.000", (0, 4, 1, 1, 0, 1)),
+    ("2018-06-04T00:30:00.000", (30, 4, 0, 1, 0, 0)),
+])
+def test_time_quality_flags(enricher, moment, expected):
+    rec = {"date": moment}
+    assert tuple(enricher.transform_record(rec)[c] for c in F.TIME_QUALITY_COLUMNS) == expected
+    frame = enricher.transform(pd.DataFrame([rec]))
+    assert tuple(frame[c].iloc[0] for c in F.TIME_QUALITY_COLUMNS) == expected
+
+
+def test_time_quality_is_missing_without_a_date(enricher):
+    for values in (enricher.transform_record({"date": None}),
+                   enricher.transform(pd.DataFrame({"date": [None]})).iloc[0].to_dict()):
+        assert all(math.isnan(values[c]) for c in F.TIME_QUALITY_COLUMNS)
+
+
+def test_time_quality_on_real_dates(raw, enriched):
+    """The portal's own dates: a sizeable share is rounded (the flags carry signal)."""
+    when = pd.to_datetime(raw["date"], format="%Y-%m-%dT%H:%M:%S.000")
+    assert (enriched["minute"] == when.dt.minute).all()
+    assert (enriched["day_of_month"] == when.dt.day).all()
+    share = enriched["on_the_hour"].mean()
+    assert 0.1 < share < 0.5, share
+    assert (enriched["on_five_minutes"] >= enriched["on_the_hour"]).all()
+
+
 def test_types_as_read_back_from_csv_give_the_same_features(enricher, raw, enriched):
     """The window CSV read back by pandas has ints/bools where the API has strings."""
     typed = pd.read_csv(io.StringIO(raw.to_csv(index=False)))

@@ -115,7 +115,7 @@ def test_scalar_normalisers():
     assert R.norm_text("  theft  from  person ") == "THEFT FROM PERSON"
     assert R.to_bool("true") == R.to_bool(True) == 1.0 and R.to_bool("False") == 0.0
     assert math.isnan(R.to_bool("maybe")) and math.isnan(R.to_float("abc"))
-    assert R.parse_when("2018-06-04T13:05:00.000") == (13.0, 0.0, 6.0)
+    assert R.parse_when("2018-06-04T13:05:00.000") == (13.0, 0.0, 6.0, 5.0, 4.0)
     assert math.isnan(R.parse_when("06/04/2018 01:05:00 PM")[0])
     assert set(R.CATEGORICAL_NORMALIZERS) == {"iucr", "fbi_code", *R.TEXT_FIELDS, *R.CODE_FIELDS}
 
