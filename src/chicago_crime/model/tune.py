@@ -20,7 +20,9 @@ Which ETL stage output each family reads is :func:`input_stage` (logged by the t
 
 The objective is ROC AUC (ranking quality) on the **newest month** of the train rows, the
 candidate fitted on the earlier months (:func:`temporal_scores`: "how will it do on next
-month's crimes"); with too few rows in that month, the mean stratified-CV ROC AUC. Probability
+month's crimes"); with too few rows in that month, the mean stratified-CV ROC AUC. The
+temporal objective compares the native families only (:attr:`SearchData.families`: the
+encoded inputs' target encoding has seen that month). Probability
 quality comes from the calibration step the trainer adds afterwards. The first trials are
 fixed, sensible defaults (one per family), so even a small budget compares the families.
 """
@@ -184,8 +186,13 @@ class SearchData:
 
     @property
     def families(self) -> tuple[str, ...]:
+        """The families a search over these rows compares. Under the temporal objective only
+        the native ones: the encoded families' input comes from the ETL's target encoding,
+        fitted on every train month, the newest included, so their score on that month
+        would be optimistic (the trainer's temporal evaluation refits them honestly)."""
         have = set(self.frames)
-        out = [f for f in ENCODED_FAMILIES if "encoded" in have]
+        out = [] if self.newest is not None else \
+            [f for f in ENCODED_FAMILIES if "encoded" in have]
         out += [f for f in NATIVE_FAMILIES if "native" in have]
         return tuple(out)
 
