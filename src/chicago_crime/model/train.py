@@ -80,6 +80,8 @@ MODEL_REQUIREMENTS: tuple[str, ...] = (
 CALIBRATION_FOLDS = 3
 #: Isotonic calibration needs enough rows per fold; below this many train rows use sigmoid.
 ISOTONIC_MIN_ROWS = 15_000
+#: Train rows (stratified) whose out-of-fold probabilities place the decision threshold.
+THRESHOLD_MAX_ROWS = 60_000
 EXAMPLE_RECORDS = 5
 #: Raw test records (SODA JSON form) logged with the trainer's probabilities, so any process
 #: that loads the model can check it reproduces them.
@@ -284,37 +286,46 @@ def _oof_scores(estimator: Any, X: pd.DataFrame, y: np.ndarray, splitter: Any) -
 
 
 def fit_calibrated(params: dict[str, Any], X: pd.DataFrame, y: np.ndarray, seed: int,
-                   categorical: tuple[str, ...] | list[str] = (), *, oof: bool = True,
-                   ) -> tuple[CalibratedClassifierCV, np.ndarray | None]:
-    """Best candidate in ``CalibratedClassifierCV(ensemble=False)``; plus out-of-fold
-    calibrated probabilities.
-
-    One classifier refitted on every train row and one calibrator fitted on its out-of-fold
-    scores: serving runs one booster per request instead of ``CALIBRATION_FOLDS`` (the test
-    ECE is logged and checked by the benchmark). The threshold's validation probabilities
-    come from the same out-of-fold scores, calibrated by a map cross-fitted on the *other*
-    folds: every train row gets a probability from a classifier and a calibrator that never
-    saw it.
-    """
-    method = calibration_method(len(X))
+                   categorical: tuple[str, ...] | list[str] = ()) -> CalibratedClassifierCV:
+    """Best candidate in ``CalibratedClassifierCV(ensemble=False)``: one classifier refitted
+    on every train row and one calibrator fitted on its out-of-fold scores, so serving runs
+    one booster per request instead of ``CALIBRATION_FOLDS`` (the test ECE is logged and
+    checked by the benchmark)."""
     splitter = StratifiedKFold(n_splits=CALIBRATION_FOLDS, shuffle=True, random_state=seed)
     candidate = tune.build_candidate(params, seed, categorical)
-    calibrated = CalibratedClassifierCV(candidate, method=method, cv=splitter, ensemble=False)
-    calibrated.fit(X, y)
-    if not oof:
-        return calibrated, None
-    scores = _oof_scores(tune.build_candidate(params, seed, categorical), X, y, splitter)
-    oof = np.empty(len(X), dtype=float)
-    for _, held_out in splitter.split(X, y):
-        other = np.setdiff1d(np.arange(len(X)), held_out)
+    calibrated = CalibratedClassifierCV(candidate, method=calibration_method(len(X)),
+                                        cv=splitter, ensemble=False)
+    return calibrated.fit(X, y)
+
+
+def oof_probabilities(params: dict[str, Any], X: pd.DataFrame, y: np.ndarray, seed: int,
+                      categorical: tuple[str, ...] | list[str] = (),
+                      max_rows: int | None = THRESHOLD_MAX_ROWS,
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, out-of-fold calibrated probabilities) of at most ``max_rows`` stratified train
+    rows: the threshold's validation data.
+
+    Each row's score comes from a fold classifier that never saw it, calibrated by a map
+    cross-fitted on the *other* folds. A subsample is enough to place one threshold and
+    spares ``CALIBRATION_FOLDS`` full-size fits (``CalibratedClassifierCV`` keeps its own
+    out-of-fold scores to itself)."""
+    X_sub, y_sub = tune.subsample(X, y, max_rows, seed)
+    X_sub = X_sub.reset_index(drop=True)
+    method = calibration_method(len(X_sub))
+    splitter = StratifiedKFold(n_splits=CALIBRATION_FOLDS, shuffle=True, random_state=seed)
+    scores = _oof_scores(tune.build_candidate(params, seed, categorical), X_sub, y_sub,
+                         splitter)
+    oof = np.empty(len(X_sub), dtype=float)
+    for _, held_out in splitter.split(X_sub, y_sub):
+        other = np.setdiff1d(np.arange(len(X_sub)), held_out)
         if method == "isotonic":
             cal = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
-            cal.fit(scores[other], y[other])
+            cal.fit(scores[other], y_sub[other])
             oof[held_out] = cal.predict(scores[held_out])
         else:
-            cal = LogisticRegression(C=1e6).fit(scores[other].reshape(-1, 1), y[other])
+            cal = LogisticRegression(C=1e6).fit(scores[other].reshape(-1, 1), y_sub[other])
             oof[held_out] = cal.predict_proba(scores[held_out].reshape(-1, 1))[:, 1]
-    return calibrated, oof
+    return y_sub, oof
 
 
 @dataclass
@@ -435,7 +446,7 @@ def refit_pipeline(data: MonthData, params: dict[str, Any], raw: pd.DataFrame,
         X = step.fit_transform(X, y)
         categorical = list(getattr(step, "categorical_", categorical))
         steps.append((name, step))
-    calibrated, _ = fit_calibrated(params, X, y, seed, categorical, oof=False)
+    calibrated = fit_calibrated(params, X, y, seed, categorical)
     return assemble(steps, calibrated)
 
 
@@ -681,14 +692,14 @@ def _fit_final(family: FamilyInput, y: np.ndarray, params: dict[str, Any],
     import mlflow
 
     started = time.perf_counter()
-    calibrated, oof = fit_calibrated(params, family.X_train, y, seed, family.categorical)
-    assert oof is not None
-    threshold, _ = ev.best_f1_threshold(y, oof)
+    calibrated = fit_calibrated(params, family.X_train, y, seed, family.categorical)
+    y_val, oof = oof_probabilities(params, family.X_train, y, seed, family.categorical)
+    threshold, _ = ev.best_f1_threshold(y_val, oof)
     mlflow.log_param("calibration", calibrated.method)
     mlflow.log_param("calibration_ensemble", calibrated.ensemble)
     mlflow.log_metrics(_finite({
         "fit_seconds": time.perf_counter() - started,
-        **{f"val_{k}": v for k, v in ev.binary_metrics(y, oof, threshold).items()},
+        **{f"val_{k}": v for k, v in ev.binary_metrics(y_val, oof, threshold).items()},
     }))
     return FinalModel(calibrated, threshold)
 

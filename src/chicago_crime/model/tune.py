@@ -70,7 +70,7 @@ NATIVE_INTERACTIONS: tuple[tuple[str, str], ...] = (
 #: Fewest rows of the newest month for the temporal objective (else stratified CV).
 TEMPORAL_MIN_ROWS = 1_000
 DEFAULT_TRIALS: tuple[dict[str, Any], ...] = (
-    {"model": "hgb_native", "balance": False, "learning_rate": 0.05, "max_iter": 500,
+    {"model": "hgb_native", "balance": False, "learning_rate": 0.1, "max_iter": 300,
      "max_leaf_nodes": 31, "min_samples_leaf": 40, "l2_regularization": 1.0,
      "interactions": False},
     {"model": "hgb", "balance": False, "learning_rate": 0.1, "max_iter": 300,
