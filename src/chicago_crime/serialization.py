@@ -27,6 +27,12 @@ LIBRARY_TYPES: tuple[str, ...] = (
     "imblearn.pipeline.Pipeline",
     "sklearn.calibration._CalibratedClassifier",
     "sklearn.calibration._SigmoidCalibration",
+    "sklearn.frozen._frozen.FrozenEstimator",
+    # A booster with native categorical splits on a DataFrame keeps a ColumnTransformer whose
+    # numeric branch is ``FunctionTransformer(partial(check_array, ...))``. skops loads a
+    # partial only if its function is trusted too: this pair admits that one call, no other.
+    "functools.partial",
+    "sklearn.utils.validation.check_array",
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
     "sklearn.model_selection._split.StratifiedKFold",
 )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import os
 import subprocess
 import sys
 
@@ -10,6 +12,7 @@ import pytest
 import skops.io
 from sklearn.base import BaseEstimator
 from sklearn.preprocessing import StandardScaler
+from sklearn.utils.validation import check_array
 
 from chicago_crime import serialization, stages
 from chicago_crime.features import CrimeEncoder, RecordScaler
@@ -59,6 +62,17 @@ def test_untrusted_types_are_refused_when_saving_and_when_loading():
     crafted = skops.io.dumps(Gadget())  # as an attacker would write it: loading must refuse
     with pytest.raises(Exception, match="Gadget"):
         serialization.loads(crafted)
+
+
+def test_a_partial_of_an_untrusted_function_is_refused():
+    """``functools.partial`` is trusted for the booster's ``partial(check_array)`` only: a
+    partial of anything else names that function and is refused."""
+    crafted = skops.io.dumps(functools.partial(os.system, "echo pwned"))
+    assert "posix.system" in serialization.untrusted(crafted)
+    with pytest.raises(Exception, match="system"):
+        serialization.loads(crafted)
+    booster = functools.partial(check_array, ensure_all_finite=False)
+    assert serialization.loads(serialization.dumps(booster)).func is check_array
 
 
 def test_trusted_types_come_from_the_package_not_the_artifact():
