@@ -18,7 +18,7 @@ from chicago_crime import record as R
 from chicago_crime.devtools.seed import seed_window_from_exports
 from chicago_crime.lake import Lake
 from chicago_crime.model import evaluate as ev
-from chicago_crime.model import registry, train
+from chicago_crime.model import registry, train, tune
 from chicago_crime.portal import read_export
 
 MONTH = "2018-06"
@@ -192,7 +192,10 @@ def test_search_logged_one_nested_run_per_trial(trained: dict[str, Any]) -> None
     data = train.load_month(MONTH, trained["lake"], settings)
     family = train.family_input(data, result["best_params"])
     assert list(card.features) == [str(c) for c in family.X_train.columns]
-    assert {child.data.params["model"] for child in children} == {"hgb_native", "hgb"}
+    # the temporal objective compares the native family only (the encoded inputs' target
+    # encoding saw the newest month)
+    assert parent.data.params["search_objective"] == "temporal"
+    assert {child.data.params["model"] for child in children} == {"hgb_native"}
     assert card.threshold == pytest.approx(result["threshold"], abs=1e-6)
     assert card.metrics["roc_auc"] == pytest.approx(result["metrics"]["roc_auc"], abs=1e-6)
     assert card.month == MONTH and card.window_start <= card.window_end
@@ -260,7 +263,12 @@ def test_a_pipeline_mismatch_fails_training_before_registering(
 
     def shifted(month: str, lake: Lake, settings: Any) -> train.MonthData:
         data = load(month, lake, settings)
-        data.X_test = data.X_test + 0.25  # as if from another ETL run than the fitted steps
+        # as if from another ETL run than the fitted steps, whichever stage the family reads
+        data.X_test = data.X_test + 0.25
+        fit_part, test_part = data.inputs[tune.NATIVE_INPUT_STAGE]
+        numeric = test_part.select_dtypes("number").columns
+        data.inputs[tune.NATIVE_INPUT_STAGE] = (fit_part, test_part.assign(
+            **{c: test_part[c] + 1.5 for c in numeric}))
         return data
 
     monkeypatch.setattr(train, "load_month", shifted)
@@ -312,3 +320,19 @@ def test_backfill_of_an_older_month_keeps_the_champion(trained: dict[str, Any],
     tags = client.get_model_version(settings.model_name, result["version"]).tags
     assert tags["gate_decision"] == "kept_champion" and tags["window_end"] < "2018-06"
     assert "never promoted automatically" in tags["gate_reason"]
+
+
+def test_temporal_search_leaves_the_encoded_families_out():
+    rng = np.random.default_rng(0)
+    rows = 2 * tune.TEMPORAL_MIN_ROWS + 200
+    y = rng.integers(0, 2, rows)
+    encoded = pd.DataFrame({"f": rng.normal(size=rows)})
+    paired = {c for pair in tune.NATIVE_INTERACTIONS for c in pair}
+    native = pd.DataFrame({**{c: rng.choice(["A", "B"], rows) for c in sorted(paired)},
+                           "hour": rng.integers(0, 24, rows).astype(float)})
+    inputs = {tune.input_stage("hgb"): encoded, tune.NATIVE_INPUT_STAGE: native}
+    months = np.where(np.arange(rows) < rows // 2, "2018-05", "2018-06")
+    temporal = tune.prepare_search_data(inputs, y, months)
+    assert temporal.newest is not None and temporal.families == tune.NATIVE_FAMILIES
+    cv = tune.prepare_search_data(inputs, y)
+    assert cv.newest is None and set(cv.families) == set(tune.FAMILIES)
