@@ -575,7 +575,7 @@ def programs(settings: Settings, replay_dir: str | None, account: Account,
                 autostart=False, user=user, startsecs=10, stopwaitsecs=60),
         # AIRFLOW_WORKERS > 1: more Celery workers, each its own Celery node name
         *(Program(name, _launched(name, f"{b / 'airflow'} celery worker --skip-serve-logs"
-                                        f" --celery-hostname {name}@%h"),
+                                        f" --celery-hostname {name}@%%h"),  # supervisord: %% = %
                   autostart=False, user=user, startsecs=10, stopwaitsecs=60)
           for name in extra_workers(s)),
         # Several worker processes: `stack restart api` (SIGHUP) replaces them one at a time,

@@ -578,8 +578,8 @@ def run_training(month: str, settings: Settings | None = None, lake: Lake | None
 
     ``search``: the result of a search already run (the DAG's mapped trials); else it runs
     here. ``run_id``: continue that MLflow run (the parent the mapped trials nested under)
-    instead of starting one. Returns small values: run id, registered version, whether it became champion, the
-    gate's scores, the test and temporal metrics.
+    instead of starting one. Returns small values: run id, registered version, whether it
+    became champion, the gate's scores, the test and temporal metrics.
     """
     import mlflow
 
