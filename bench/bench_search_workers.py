@@ -69,6 +69,7 @@ def main() -> None:
                         help="Optuna RDB URL (default: a SQLite file in a temporary folder)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the in-process S3's requests
 
     from moto.server import ThreadedMotoServer
 

@@ -156,9 +156,10 @@ def test_changing_the_data_source_changes_only_the_worker_and_the_replay(setting
     portal = _programs(settings)
     replay = _programs(settings, replay="/data")
     changed = {n for n in replay if n not in portal or replay[n].render() != portal[n].render()}
-    assert changed == {"airflow-worker", stack.REPLAY}
-    assert replay["airflow-worker"].env["SOCRATA_BASE_URL"] == (
-        f"http://127.0.0.1:{PORTS['replay_port']}")
+    assert changed == {"airflow-worker", *stack.extra_workers(settings), stack.REPLAY}
+    for worker in ("airflow-worker", *stack.extra_workers(settings)):
+        assert replay[worker].env["SOCRATA_BASE_URL"] == (
+            f"http://127.0.0.1:{PORTS['replay_port']}")
 
 
 def test_data_source_is_remembered_and_a_switch_is_announced(state, shared_data, monkeypatch):
