@@ -17,7 +17,7 @@ from chicago_crime.devtools.demo import run_etl
 from chicago_crime.lake import Lake
 from chicago_crime.model import registry, shared_search
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(2400)]
 
 MONTH = "2018-06"
 

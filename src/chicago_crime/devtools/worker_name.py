@@ -1,8 +1,8 @@
 """The host name a native Celery worker's task instances record (Airflow's
 ``[core] hostname_callable``).
 
-Several workers of the native stack share one machine; Airflow records ``socket.getfqdn()``
-for each task instance, so they would be indistinguishable. The extra workers
+Several workers of the native stack share one machine; Airflow records the host's name for
+each task instance, so they would be indistinguishable. The extra workers
 (``AIRFLOW_WORKERS`` > 1) record ``airflow-worker-N@host`` instead, their Celery node name.
 Their task logs stay readable: the native stack's workers write to one shared log folder.
 """
@@ -14,7 +14,8 @@ import socket
 
 
 def hostname() -> str:
-    """``CHICAGO_CRIME_WORKER_NAME@fqdn`` when the worker has a name, else the FQDN."""
+    """``CHICAGO_CRIME_WORKER_NAME@host`` (the worker's Celery node name: Celery's ``%h`` is
+    ``socket.gethostname()``) when the worker has a name, else the host name."""
     name = os.environ.get("CHICAGO_CRIME_WORKER_NAME", "").strip()
-    fqdn = socket.getfqdn()
-    return f"{name}@{fqdn}" if name else fqdn
+    host = socket.gethostname()
+    return f"{name}@{host}" if name else host
