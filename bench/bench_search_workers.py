@@ -4,9 +4,10 @@ The search of ``train_model`` is split into shares that run as mapped Airflow ta
 Celery workers, all against one Optuna study in RDB storage (``chicago_crime.model
 .shared_search``). This measures that scaling without a stack: a month's search rows come from
 the real ETL (in-process S3, moto); then for 1 and 2 workers a fresh study is created in the
-storage and each worker is a separate process (forked, as a Celery worker's task process is)
-that opens the shared study with its share's seed and runs its share of the budget, exactly
-as ``run_share`` does. Prints the wall time per repeat and the median, and the speed-up.
+storage and each worker is a separate, freshly spawned process (one OpenMP thread, as the
+stack's services run: ``OMP_NUM_THREADS=1``) that opens the shared study with its share's
+seed and runs its share of the budget, exactly as ``run_share`` does. Prints the wall time
+per repeat, the median and the speed-up.
 
     .venv/bin/python bench/bench_search_workers.py [--trials 8] [--repeats 1]
         [--months 3] [--storage sqlite:///... | postgresql+psycopg2://...] [--data DIR]
@@ -26,11 +27,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # before NumPy/scikit-learn load OpenMP
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("CHICAGO_DATA_DIR", REPO.parent / "shared" / "data" / "chicago"))
 MONTH = "2018-06"
 
-_DATA: Any = None  # the search rows, inherited by the forked workers
+_DATA: Any = None  # the search rows, handed to each worker process once
+
+
+def _init(data: Any) -> None:
+    global _DATA
+    _DATA = data
 
 
 def _share(args: tuple[str, str, int, int, int]) -> int:
@@ -50,7 +58,9 @@ def search_seconds(storage: str, workers: int, trials: int, seed: int, tag: str)
     tune.open_study(name, storage, seed, _DATA.families)
     shares = shared_search.split_budget(trials, workers)
     started = time.perf_counter()
-    with mp.get_context("fork").Pool(len(shares)) as pool:
+    # spawn, not fork: a forked child of a process that already ran OpenMP (the ETL) hangs
+    with mp.get_context("spawn").Pool(len(shares), initializer=_init,
+                                      initargs=(_DATA,)) as pool:
         pool.map(_share, [(name, storage, i, n, seed) for i, n in enumerate(shares)])
     return time.perf_counter() - started
 
