@@ -118,7 +118,7 @@ NATIVE_ONLY_SETTINGS = {
     "seaweedfs_volume_grpc_port", "seaweedfs_filer_port", "seaweedfs_filer_grpc_port",
     "seaweedfs_s3_grpc_port", "seaweedfs_admin_port", "airflow_worker_log_port",
     "airflow_triggerer_log_port", "airflow_scheduler_health_port", "replay_port", "api_workers",
-    "pushgateway_port", "otlp_bridge_port",
+    "pushgateway_port", "otlp_bridge_port", "airflow_workers",
 }
 NOT_FOR_AIRFLOW = {
     "pg_admin_password", "pg_mlflow_auth_db", "pg_monitoring_user", "pg_monitoring_password",

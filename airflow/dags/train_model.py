@@ -4,7 +4,10 @@ Scheduled on the asset ``chicago_crime_retrain_requested``, which ``monitor_mode
 when a month's drift or decay passes the thresholds of the settings, or when there is no
 champion yet (the month and the reason come from the asset event): retraining happens on
 evidence, not because the ETL ran. Trigger it by hand with ``{"month": "YYYY-MM"}`` to retrain
-any month already processed. The champion alias moves only when the new version beats the
+any month already processed. The hyperparameter search is spread over mapped
+``search_trials`` tasks (``SEARCH_PARALLEL_TASKS`` shares of ``SEARCH_TRIALS``) that share one
+Optuna study in PostgreSQL, on any Celery worker (``chicago_crime.model.shared_search``). The
+champion alias moves only when the new version beats the
 current champion on the same test set (see ``chicago_crime.model.registry``).
 
 The DAG only declares the graph: the package is imported inside the tasks.
@@ -40,11 +43,29 @@ def train_model():
                                              month, request.get("reason"))
         return month
 
-    @task(execution_timeout=timedelta(minutes=30))
-    def train_and_register(month: str) -> dict[str, Any]:
-        from chicago_crime.model.train import run_training
+    @task
+    def open_search(month: str, dag_run=None) -> list[dict[str, Any]]:
+        """The parent MLflow run and the shared Optuna study; one small dict per share."""
+        from chicago_crime.model.shared_search import open_search
 
-        return run_training(month)
+        return open_search(month, dag_run.run_id)
+
+    @task(execution_timeout=timedelta(minutes=30), retries=1)
+    def search_trials(share: dict[str, Any]) -> dict[str, Any]:
+        """One share of the trial budget, on whichever Celery worker takes it."""
+        from chicago_crime.model.shared_search import run_share
+
+        return run_share(share)
+
+    @task(execution_timeout=timedelta(minutes=30))
+    def train_and_register(shares: list[dict[str, Any]], ran: Any) -> dict[str, Any]:
+        """Refit the study's best configuration, evaluate, register and gate."""
+        import logging
+
+        from chicago_crime.model.shared_search import finish
+
+        logging.getLogger(__name__).info("search shares: %s", list(ran))
+        return finish(shares[0])
 
     @task
     def notify_api(result: dict[str, Any]) -> str:
@@ -68,7 +89,8 @@ def train_model():
                                                 settings.api_url, exc)
             return "API unreachable; it will pick the champion up on its next poll"
 
-    notify_api(train_and_register(resolve_month()))
+    shares = open_search(resolve_month())
+    notify_api(train_and_register(shares, search_trials.expand(share=shares)))
 
 
 train_model()

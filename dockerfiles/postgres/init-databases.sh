@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # First start of an empty PostgreSQL data directory (/docker-entrypoint-initdb.d): create the
 # platform's databases (Airflow's metadata, MLflow's backend store and its accounts, the
-# prediction log), owned by PG_USER, and the prediction log's writer login.
+# prediction log, the training search's Optuna study), owned by PG_USER, and the prediction
+# log's writer login.
 # Safe to run again: a database or role that exists is left alone (passwords are reset).
 set -euo pipefail
 
@@ -14,7 +15,8 @@ WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = :'role')\gexec
 SELECT format('ALTER ROLE %I WITH LOGIN NOSUPERUSER PASSWORD %L', :'role', :'pw')\gexec
 SQL
 
-for db in "${PG_AIRFLOW_DB:?}" "${PG_MLFLOW_DB:?}" "${PG_MLFLOW_AUTH_DB:?}" "${PG_MONITORING_DB:?}"; do
+for db in "${PG_AIRFLOW_DB:?}" "${PG_MLFLOW_DB:?}" "${PG_MLFLOW_AUTH_DB:?}" "${PG_MONITORING_DB:?}" \
+          "${PG_SEARCH_DB:?}"; do
   psql -v ON_ERROR_STOP=1 --no-psqlrc --username "${POSTGRES_USER}" --dbname postgres \
        --set db="${db}" --set owner="${PG_USER}" <<'SQL'
 SELECT format('CREATE DATABASE %I OWNER %I', :'db', :'owner')

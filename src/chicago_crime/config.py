@@ -86,6 +86,8 @@ class Settings(BaseSettings):
     pg_monitoring_db: str = "monitoring"
     pg_monitoring_user: str = "monitoring_writer"
     pg_monitoring_password: SecretStr | None = None
+    # The shared Optuna study of the training DAG's mapped search tasks (owned by PG_USER).
+    pg_search_db: str = "optuna"
 
     # broker
     valkey_host: str = "127.0.0.1"
@@ -144,6 +146,9 @@ class Settings(BaseSettings):
     airflow_jwt_secret: SecretStr | None = None
     airflow_fernet_key: SecretStr | None = None
     airflow_worker_concurrency: int = 2
+    # Native stack only: Celery worker processes (each its own Celery hostname); Compose
+    # scales with `--scale airflow-worker=N`, other hosts add workers of their own.
+    airflow_workers: int = Field(default=2, ge=1)
     # Native stack only: listeners of Airflow's helper servers, all on loopback.
     airflow_worker_log_port: int = 8793
     airflow_triggerer_log_port: int = 8794
@@ -174,6 +179,11 @@ class Settings(BaseSettings):
     # training
     search_trials: int = Field(default=12, ge=1)
     search_timeout_seconds: int = Field(default=240, ge=10)
+    #: Mapped search tasks of ``train_model`` (each runs its share of SEARCH_TRIALS on whatever
+    #: Celery worker takes it, all in one Optuna study in PG_SEARCH_DB).
+    search_parallel_tasks: int = Field(default=2, ge=1)
+    #: Optuna RDB URL of that study; empty: PG_SEARCH_DB on the platform's PostgreSQL.
+    search_storage_url: SecretStr | None = None
     cv_folds: int = Field(default=3, ge=2)
     promotion_margin: float = Field(default=0.002, ge=0)
     primary_metric: str = "roc_auc"
@@ -280,6 +290,12 @@ class Settings(BaseSettings):
         password = quote(_secret_text(self.pg_monitoring_password), safe="")
         return (f"{driver}://{quote(self.pg_monitoring_user, safe='')}:{password}"
                 f"@{self.pg_host}:{self.pg_port}/{self.pg_monitoring_db}")
+
+    def search_storage(self) -> str:
+        """Optuna's RDB URL of the shared search study (SEARCH_STORAGE_URL, else PG_SEARCH_DB
+        with the platform's role)."""
+        explicit = _secret_text(self.search_storage_url).strip()
+        return explicit or self.pg_url(self.pg_search_db, "postgresql+psycopg2")
 
     @property
     def broker_url(self) -> str:

@@ -51,7 +51,8 @@ def test_dag_folder_imports_without_settings_or_heavy_libraries(tmp_path):
         *[s.task_id for s in stages.STAGES], "publish_dataset"]
     assert [s.task_id for s in stages.STAGES] == [
         "enrich", "split", "outliers", "encode", "scale", "balance", "select"]
-    assert result["dags"]["train_model"] == ["resolve_month", "train_and_register", "notify_api"]
+    assert sorted(result["dags"]["train_model"]) == sorted([
+        "resolve_month", "open_search", "search_trials", "train_and_register", "notify_api"])
     assert sorted(result["dags"]["monitor_model"]) == sorted([
         "resolve_month", "assess", "decide", "report", "act", "request_retraining",
         "no_action"])

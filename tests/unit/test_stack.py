@@ -70,7 +70,8 @@ def _programs(settings, replay=None):
 
 def test_every_service_is_a_supervised_program_that_restarts(settings, state):
     progs = _programs(settings)
-    assert set(progs) == set(stack.BASE_SERVICES + stack.MONITORING_SERVICES + stack.APP_SERVICES)
+    assert set(progs) == set(stack.BASE_SERVICES + stack.MONITORING_SERVICES
+                             + stack.app_services(settings))
     for prog in progs.values():
         conf = prog.render()
         assert "autorestart=true" in conf and "startretries=5" in conf
@@ -155,9 +156,10 @@ def test_changing_the_data_source_changes_only_the_worker_and_the_replay(setting
     portal = _programs(settings)
     replay = _programs(settings, replay="/data")
     changed = {n for n in replay if n not in portal or replay[n].render() != portal[n].render()}
-    assert changed == {"airflow-worker", stack.REPLAY}
-    assert replay["airflow-worker"].env["SOCRATA_BASE_URL"] == (
-        f"http://127.0.0.1:{PORTS['replay_port']}")
+    assert changed == {"airflow-worker", *stack.extra_workers(settings), stack.REPLAY}
+    for worker in ("airflow-worker", *stack.extra_workers(settings)):
+        assert replay[worker].env["SOCRATA_BASE_URL"] == (
+            f"http://127.0.0.1:{PORTS['replay_port']}")
 
 
 def test_data_source_is_remembered_and_a_switch_is_announced(state, shared_data, monkeypatch):
@@ -322,3 +324,33 @@ def test_gen_secrets_creates_a_private_env_and_prints_no_secret(tmp_path):
     legacy = gen.fill_secrets("PG_PASSWORD=airflow\nAWS_SECRET_ACCESS_KEY=minio123\n", {
         "PG_PASSWORD": lambda: "new1", "AWS_SECRET_ACCESS_KEY": lambda: "new2"})[0]
     assert legacy == "PG_PASSWORD=new1\nAWS_SECRET_ACCESS_KEY=new2\n"
+
+
+def test_airflow_workers_are_separate_celery_workers(settings, state):
+    """AIRFLOW_WORKERS=3: three worker programs, the extra ones with their own Celery node
+    name and task-instance host name, the same environment otherwise."""
+    three = settings.model_copy(update={"airflow_workers": 3})
+    progs = _programs(three)
+    assert stack.extra_workers(three) == ("airflow-worker-2", "airflow-worker-3")
+    assert {"airflow-worker", "airflow-worker-2", "airflow-worker-3"} <= set(progs)
+    assert "--celery-hostname" not in progs["airflow-worker"].command
+    for name in stack.extra_workers(three):
+        assert f"celery worker --skip-serve-logs --celery-hostname {name}@%%h" in \
+            progs[name].command
+        env = progs[name].env
+        assert env["CHICAGO_CRIME_WORKER_NAME"] == name
+        assert env["AIRFLOW__CORE__HOSTNAME_CALLABLE"] == stack.WORKER_HOSTNAME_CALLABLE
+        first = progs["airflow-worker"].env
+        assert {k: v for k, v in env.items() if k not in {
+            "CHICAGO_CRIME_WORKER_NAME", "AIRFLOW__CORE__HOSTNAME_CALLABLE"}} == first
+    one = settings.model_copy(update={"airflow_workers": 1})
+    assert not stack.extra_workers(one) and "airflow-worker-2" not in _programs(one)
+
+
+def test_an_extra_workers_task_instances_name_it(monkeypatch):
+    from chicago_crime.devtools import worker_name
+
+    monkeypatch.setenv("CHICAGO_CRIME_WORKER_NAME", "airflow-worker-2")
+    assert worker_name.hostname().startswith("airflow-worker-2@")
+    monkeypatch.delenv("CHICAGO_CRIME_WORKER_NAME")
+    assert "@" not in worker_name.hostname()

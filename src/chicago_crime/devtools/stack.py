@@ -97,6 +97,19 @@ AIRFLOW_SERVICES = (
     "airflow-triggerer", "airflow-worker",
 )
 APP_SERVICES = ("mlflow", *AIRFLOW_SERVICES, "api")
+#: ``[core] hostname_callable`` of the extra workers: the task instances they run record
+#: ``airflow-worker-N@host`` (the first worker records the host name, as in Compose).
+WORKER_HOSTNAME_CALLABLE = "chicago_crime.devtools.worker_name.hostname"
+
+
+def extra_workers(settings: Settings) -> tuple[str, ...]:
+    """The Celery worker programs beyond ``airflow-worker`` (``AIRFLOW_WORKERS`` in all)."""
+    return tuple(f"airflow-worker-{i}" for i in range(2, settings.airflow_workers + 1))
+
+
+def app_services(settings: Settings) -> tuple[str, ...]:
+    """The application programs of this configuration (the extra workers included)."""
+    return APP_SERVICES + extra_workers(settings)
 # Optional: a Socrata replay server over a folder of portal exports (offline data source).
 REPLAY = "replay"
 WATCHDOG = "watchdog"
@@ -423,6 +436,9 @@ def program_envs(settings: Settings, replay_dir: str | None) -> dict[str, dict[s
     envs["airflow-worker"] = worker
     for name in AIRFLOW_SERVICES[:-1]:  # only the worker runs tasks: it alone knows the source
         envs[name] = {k: v for k, v in airflow.items() if k not in DATA_SOURCE_SETTINGS}
+    for name in extra_workers(settings):
+        envs[name] = {**worker, "CHICAGO_CRIME_WORKER_NAME": name,
+                      "AIRFLOW__CORE__HOSTNAME_CALLABLE": WORKER_HOSTNAME_CALLABLE}
     return envs
 
 
@@ -557,6 +573,11 @@ def programs(settings: Settings, replay_dir: str | None, account: Account,
         Program("airflow-worker",
                 _launched("airflow-worker", f"{b / 'airflow'} celery worker --skip-serve-logs"),
                 autostart=False, user=user, startsecs=10, stopwaitsecs=60),
+        # AIRFLOW_WORKERS > 1: more Celery workers, each its own Celery node name
+        *(Program(name, _launched(name, f"{b / 'airflow'} celery worker --skip-serve-logs"
+                                        f" --celery-hostname {name}@%%h"),  # supervisord: %% = %
+                  autostart=False, user=user, startsecs=10, stopwaitsecs=60)
+          for name in extra_workers(s)),
         # Several worker processes: `stack restart api` (SIGHUP) replaces them one at a time,
         # each new one serving (model loaded) before the old one leaves: no request is lost.
         # chicago_crime.serve.server: uvicorn, after emptying the workers' shared metrics
@@ -744,12 +765,13 @@ class Probe:
     detail: str
 
 
-def _celery_ping(settings: Settings) -> tuple[bool, str]:
+def _celery_ping(settings: Settings, node: str | None = None) -> tuple[bool, str]:
+    """Any worker answers (``node``: that Celery node name, e.g. ``airflow-worker-2@host``)."""
     from celery import Celery
 
     app = Celery(broker=settings.model_copy(update={"valkey_host": LOOPBACK}).broker_url)
     try:
-        replies = app.control.ping(timeout=5.0)
+        replies = app.control.ping(timeout=5.0, destination=[node] if node else None)
     except Exception as exc:  # broker down, etc.
         return False, str(exc)
     finally:
@@ -855,6 +877,8 @@ def app_probe(name: str, settings: Settings) -> tuple[bool, str]:
         return _airflow_component(s, "triggerer")
     if name == "airflow-worker":
         return _celery_ping(s)
+    if name in extra_workers(s):
+        return _celery_ping(s, f"{name}@{socket.gethostname()}")
     if name == "api":
         ready, _, detail = api_readiness(s)
         return ready, detail
@@ -887,9 +911,11 @@ def _tail(path: Path, lines: int) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def configured_services(replay_dir: str | None) -> tuple[str, ...]:
+def configured_services(replay_dir: str | None,
+                        settings: Settings | None = None) -> tuple[str, ...]:
     extra = (REPLAY,) if replay_dir else ()
-    return BASE_SERVICES + MONITORING_SERVICES + extra + APP_SERVICES
+    apps = app_services(settings) if settings is not None else APP_SERVICES
+    return BASE_SERVICES + MONITORING_SERVICES + extra + apps
 
 
 def probe_all(settings: Settings) -> list[Probe]:
@@ -897,7 +923,7 @@ def probe_all(settings: Settings) -> list[Probe]:
     replay_dir, _ = data_source(None)
     gave_up = read_gave_up(RUN)
     out = []
-    for name in configured_services(replay_dir):
+    for name in configured_services(replay_dir, settings):
         state = states.get(name, "NOT-STARTED")
         if name in gave_up:
             healthy, detail = False, (f"GAVE UP at {gave_up[name]['at']}: "
@@ -968,7 +994,7 @@ def _ensure_databases(settings: Settings) -> None:
     for sql in hardening.pg_role_sql(settings):
         _psql(settings, sql)
     for db in (settings.pg_airflow_db, settings.pg_mlflow_db, settings.pg_mlflow_auth_db,
-               settings.pg_monitoring_db):
+               settings.pg_monitoring_db, settings.pg_search_db):
         if not _psql(settings, f"SELECT 1 FROM pg_database WHERE datname = '{db}'").strip():
             _psql(settings, f'CREATE DATABASE "{db}" OWNER "{user}"')
         _psql(settings, f'REVOKE ALL ON DATABASE "{db}" FROM PUBLIC')
@@ -1209,7 +1235,8 @@ def up(data: str | None = None, timeout: float = 300.0) -> int:
             print(update, flush=True)
     else:
         _start_supervisord(settings)
-    base = tuple(p.name for p in progs if p.name not in APP_SERVICES)
+    apps = app_services(settings)
+    base = tuple(p.name for p in progs if p.name not in apps)
     forget_gave_up(RUN, [p.name for p in progs])
     print(f"starting base services: {', '.join(base)}", flush=True)
     _start(base)
@@ -1222,8 +1249,8 @@ def up(data: str | None = None, timeout: float = 300.0) -> int:
     _migrate_airflow(settings, account)
     print("starting mlflow, airflow (api-server, scheduler, dag-processor, triggerer, worker), "
           "api", flush=True)
-    _start(APP_SERVICES)
-    _wait_ready(APP_SERVICES, settings, timeout)
+    _start(apps)
+    _wait_ready(apps, settings, timeout)
     # Warm the execution API so the first task does not time out (see platform notes).
     _http_ok(f"http://{client_host(settings)}:{settings.airflow_port}/execution/health",
              timeout=30)
@@ -1378,15 +1405,16 @@ def restart(names: list[str]) -> int:
     if not supervisor_running():
         raise StackError("the native stack is not running: `make local-up`")
     settings = stack_settings()
-    targets = names or list(APP_SERVICES)
+    apps = app_services(settings)
+    targets = names or list(apps)
     if "api" in targets and _states().get("api") == "RUNNING" and api_readiness(settings)[0]:
         seconds = rolling_restart_api(settings)  # serving: hand over without downtime
         print(f"api: every worker replaced without downtime in {seconds:.1f}s")
         targets = [t for t in targets if t != "api"]
     if targets:
         print(_ctl("restart", *targets).stdout.strip())
-    _wait_ready(names or APP_SERVICES, settings, 180)
-    for name in names or APP_SERVICES:
+    _wait_ready(names or apps, settings, 180)
+    for name in names or apps:
         print(f"ready: {name}: {app_probe(name, settings)[1][:120]}")
     return 0
 

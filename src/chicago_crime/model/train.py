@@ -578,12 +578,14 @@ def run_training(month: str, settings: Settings | None = None, lake: Lake | None
                  trials: int | None = None, timeout: float | None = None,
                  search_max_rows: int | None = tune.SEARCH_MAX_ROWS,
                  importance_rows: int = 10_000,
-                 search: tune.SearchResult | None = None) -> dict[str, Any]:
+                 search: tune.SearchResult | None = None,
+                 run_id: str | None = None) -> dict[str, Any]:
     """Search, fit, evaluate, log, register and gate a model for ``month``.
 
     ``search``: the result of a search already run (the DAG's mapped trials); else it runs
-    here. Returns small values: run id, registered version, whether it became champion, the
-    gate's scores, the test and temporal metrics.
+    here. ``run_id``: continue that MLflow run (the parent the mapped trials nested under)
+    instead of starting one. Returns small values: run id, registered version, whether it
+    became champion, the gate's scores, the test and temporal metrics.
     """
     import mlflow
 
@@ -596,7 +598,7 @@ def run_training(month: str, settings: Settings | None = None, lake: Lake | None
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     mlflow.set_registry_uri(settings.mlflow_tracking_uri)
     mlflow.set_experiment(settings.search_experiment)
-    with mlflow.start_run(run_name=f"train-{month}") as run:
+    with mlflow.start_run(run_id=run_id, run_name=None if run_id else f"train-{month}") as run:
         _log_setup(data, lake, settings, n_trials=n_trials, budget=budget,
                    search_max_rows=search_max_rows)
         if search is None:

@@ -314,7 +314,10 @@ def open_study(study_name: str | None, storage: str | None, seed: int,
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", study_name=study_name, storage=storage,
-                                sampler=optuna.samplers.TPESampler(seed=seed),
+                                # several processes share a stored study: each running
+                                # trial counts as its worst value, so they spread out
+                                sampler=optuna.samplers.TPESampler(
+                                    seed=seed, constant_liar=storage is not None),
                                 load_if_exists=storage is not None)
     if not study.trials:
         for trial in DEFAULT_TRIALS:
@@ -324,17 +327,24 @@ def open_study(study_name: str | None, storage: str | None, seed: int,
 
 
 def run_trials(study: Any, data: SearchData, *, n_trials: int, timeout: float | None,
-               folds: int, seed: int = 0, log_to_mlflow: bool = True) -> int:
-    """Run ``n_trials`` trials of ``study`` here (several processes may share one study)."""
+               folds: int, seed: int = 0, log_to_mlflow: bool = True,
+               parent_run_id: str | None = None,
+               user_attrs: dict[str, Any] | None = None) -> int:
+    """Run ``n_trials`` trials of ``study`` here (several processes may share one study).
+
+    ``parent_run_id``: the MLflow run the trials nest under when this process has no active
+    run (a mapped search task); ``user_attrs``: stored on each trial (which task ran it)."""
     families = data.families
 
     def objective(trial: Any) -> float:
+        for key, value in (user_attrs or {}).items():
+            trial.set_user_attr(key, value)
         params = suggest_params(trial, families)
         scores = evaluate_params(params, data, folds, seed)
         trial.set_user_attr("cv", scores)
         trial.set_user_attr("params", params)
         if log_to_mlflow:
-            _log_trial(trial.number, params, scores, len(data.y), folds)
+            _log_trial(trial.number, params, scores, len(data.y), folds, parent_run_id)
         log.info("trial %d %s: roc_auc %.4f", trial.number, params, scores["roc_auc"])
         return scores["roc_auc"]
 
@@ -364,10 +374,11 @@ def search_result(study: Any, data: SearchData, seconds: float) -> SearchResult:
 
 
 def _log_trial(number: int, params: dict[str, Any], scores: dict[str, float], rows: int,
-               folds: int) -> None:
+               folds: int, parent_run_id: str | None = None) -> None:
     import mlflow
 
-    with mlflow.start_run(run_name=f"trial-{number:03d}", nested=True):
+    with mlflow.start_run(run_name=f"trial-{number:03d}", nested=True,
+                          parent_run_id=parent_run_id):
         mlflow.set_tags({"kind": "search-trial", "trial": str(number)})
         mlflow.log_params({**params, "search_rows": rows, "cv_folds": folds})
         mlflow.log_metrics({f"cv_{k}": v for k, v in scores.items() if math.isfinite(v)})
