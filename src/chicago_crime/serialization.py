@@ -35,11 +35,6 @@ LIBRARY_TYPES: tuple[str, ...] = (
     "sklearn.utils.validation.check_array",
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
     "sklearn.model_selection._split.StratifiedKFold",
-    # HistGradientBoostingClassifier(categorical_features=[names]) fitted on a DataFrame keeps
-    # its column preprocessor, which validates with partial(check_array, ...): a library
-    # function, loadable only together with these two names
-    "functools.partial",
-    "sklearn.utils.validation.check_array",
 )
 #: The package's training-time steps a served model holds besides the stage table's estimators
 #: (the native booster family's category codes, ``model.tune.family_steps``).
