@@ -820,8 +820,10 @@ class CategoryCodes(TransformerMixin, BaseEstimator):
         for col in self.categorical_:
             pair = next((p for p in self.interactions if self._pair_name(p) == col), None)
             values = _categories(df[col]) if pair is None else self._pair_values(df, pair)
-            out[col] = np.fromiter((self._code(col, v) for v in values), dtype=float,
-                                   count=len(values))
+            known, other = self.codes_[col], self.max_categories - 1  # other: rare or unseen
+            codes = np.array([known.get(v, other) for v in values], dtype=float)
+            codes[values == MISSING] = math.nan  # the booster's missing-value branch
+            out[col] = codes
         return pd.DataFrame(out, index=df.index)
 
     def transform_record(self, record: Mapping[str, Any]) -> dict[str, Any]:

@@ -112,14 +112,32 @@ def _feature_order(transformers: list[Any], final: Any) -> list[str]:
     return [str(n) for n in names]
 
 
+def _boosted(estimator: Any) -> Any:
+    """The compiled trees of a binary ``HistGradientBoostingClassifier`` (also inside a
+    ``FrozenEstimator``), else ``None``."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from chicago_crime.model.boosted_trees import BoostedTrees
+
+    inner = getattr(estimator, "estimator", None) if type(estimator).__name__ == \
+        "FrozenEstimator" else estimator
+    if isinstance(inner, HistGradientBoostingClassifier) and inner.n_trees_per_iteration_ == 1:
+        return BoostedTrees.of(inner)
+    return None
+
+
 def _scores(estimator: Any, x: np.ndarray) -> np.ndarray:
     """``_get_response_values(estimator, x, ["decision_function", "predict_proba"])`` (binary).
 
     Linear classifiers are evaluated as ``x @ coef_.T + intercept_`` (what their
-    ``decision_function`` computes after input validation); others through their own methods.
+    ``decision_function`` computes after input validation), gradient boosting by
+    :class:`~chicago_crime.model.boosted_trees.BoostedTrees`; others through their own methods.
     """
     from sklearn.linear_model import LogisticRegression
 
+    trees = _boosted(estimator)
+    if trees is not None:
+        return trees.decision_function(x)
     if isinstance(estimator, LogisticRegression):
         coef = estimator.coef_
         scores = x @ (coef.T if coef.ndim == 2 else coef) + estimator.intercept_
@@ -168,7 +186,13 @@ def _calibrated_proba(final: Any, x: np.ndarray) -> np.ndarray:
     from sklearn.calibration import CalibratedClassifierCV
 
     if not isinstance(final, CalibratedClassifierCV):
-        return final.predict_proba(x)
+        trees = _boosted(final)
+        if trees is None:
+            return final.predict_proba(x)
+        from scipy.special import expit
+
+        positive = expit(trees.decision_function(x))
+        return np.column_stack([1.0 - positive, positive])
     mean_proba = np.zeros((x.shape[0], final.classes_.shape[0]))
     for calibrated in final.calibrated_classifiers_:
         proba = _lean_calibrated(calibrated, x)
