@@ -111,3 +111,20 @@ def test_a_bare_booster_as_final_step_is_scored_by_the_compiled_trees(champion_s
     np.testing.assert_allclose(fast.predict_proba_records(held_out[:500]),
                                bare.predict_proba(model_frame(held_out[:500]))[:, 1],
                                rtol=0, atol=1e-12)
+
+
+def test_large_batches_use_sklearns_per_tree_loop_on_encoded_rows() -> None:
+    from chicago_crime.model import boosted_trees
+
+    X, y = _synthetic()
+    model = HistGradientBoostingClassifier(max_iter=40, categorical_features=["cat_small",
+                                                                              "cat_wide"],
+                                           random_state=0).fit(X, y)
+    test, _ = _synthetic(rows=boosted_trees.PER_TREE_ROWS * 4, seed=2)
+    test.loc[:9, "cat_wide"] = 250.0
+    trees = BoostedTrees(model)
+    walked = np.concatenate([trees.decision_function(chunk) for chunk in
+                             np.array_split(test.to_numpy(), 8)])  # below PER_TREE_ROWS
+    per_tree = trees.decision_function(test.to_numpy())  # at or above it
+    np.testing.assert_allclose(per_tree, model.decision_function(test), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(walked, per_tree, rtol=0, atol=1e-12)

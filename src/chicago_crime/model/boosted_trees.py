@@ -25,6 +25,10 @@ from typing import Any
 
 import numpy as np
 
+#: From this many rows on, sklearn's compiled loop (one call per tree over all rows) is
+#: faster than walking every tree at once: it then scores the rows :meth:`_encode` prepared,
+#: which skips its ``ColumnTransformer`` (~40 % of sklearn's time for 1,000 records).
+PER_TREE_ROWS = 64
 #: Compiled trees per fitted estimator (built once, dropped with the estimator).
 _CACHE: weakref.WeakKeyDictionary[Any, BoostedTrees] = weakref.WeakKeyDictionary()
 
@@ -69,6 +73,8 @@ class BoostedTrees:
         known, feature_map = hgb._bin_mapper.make_known_categories_bitsets()
         self.known_bitsets = known if len(known) else np.zeros((1, 8), dtype=np.uint32)
         self.known_index = feature_map.astype(np.intp)
+        self._predictors = predictors
+        self._known_bitsets, self._feature_map = known, feature_map
         self.depth = int(nodes["depth"].max()) + 1
         self.baseline = float(np.ravel(hgb._baseline_prediction)[0])
 
@@ -102,6 +108,8 @@ class BoostedTrees:
         if x.ndim != 2 or x.shape[1] != self.n_features:
             raise ValueError(f"expected rows of {self.n_features} features, got {x.shape}")
         x = self._encode(x)
+        if len(x) >= PER_TREE_ROWS:
+            return self._per_tree(x)
         n_rows, n_trees = x.shape[0], len(self.roots)
         rows = np.repeat(np.arange(n_rows), n_trees)
         node = np.tile(self.roots, n_rows)
@@ -127,3 +135,15 @@ class BoostedTrees:
                                                          self.missing_left[cat_at]))
             node[inner] = np.where(go_left, self.left[at], self.right[at])
         return self.baseline + self.value[node].reshape(n_rows, n_trees).sum(axis=1)
+
+    def _per_tree(self, x: np.ndarray) -> np.ndarray:
+        """sklearn's own ``TreePredictor.predict`` per tree (what ``_raw_predict`` does after
+        its preprocessor), on rows already encoded."""
+        from sklearn.utils._openmp_helpers import _openmp_effective_n_threads
+
+        x = np.ascontiguousarray(x, dtype=np.float64)
+        threads = _openmp_effective_n_threads()
+        raw = np.full(len(x), self.baseline)
+        for predictor in self._predictors:
+            raw += predictor.predict(x, self._known_bitsets, self._feature_map, threads)
+        return raw
