@@ -32,21 +32,31 @@ def _synthetic(rows: int = 6000, seed: int = 0) -> tuple[pd.DataFrame, np.ndarra
     return X, y
 
 
-@pytest.mark.parametrize("categorical", [["cat_small", "cat_wide"], None])
-def test_raw_scores_equal_sklearn_with_missing_and_unseen_values(categorical) -> None:
+@pytest.mark.parametrize(("categorical", "offset"), [
+    (["cat_small", "cat_wide"], 0.0),  # small integer categories: the lookup table
+    (["cat_small", "cat_wide"], 5000.5),  # other values: a binary search per column
+    (None, 0.0),  # numeric only: no preprocessor
+])
+def test_raw_scores_equal_sklearn_with_missing_and_unseen_values(categorical, offset) -> None:
     X, y = _synthetic()
+    X["cat_wide"] += offset
     model = HistGradientBoostingClassifier(max_iter=60, max_leaf_nodes=31,
                                            categorical_features=categorical,
                                            random_state=0).fit(X, y)
     test, _ = _synthetic(rows=3000, seed=1)
-    test.loc[:99, "cat_wide"] = 250.0  # a category never seen in training
+    test["cat_wide"] += offset
+    test.loc[:99, "cat_wide"] = 250.0 + offset  # a category never seen in training
     test.loc[100:199, "cat_small"] = -3.0  # a negative code: unknown too
     test.loc[200:299, "a"] = np.nan  # missing where training had none
     thresholds = [float(t) for t in model._predictors[0][0].nodes["num_threshold"][:5]]
     test.loc[300:304, "a"] = thresholds  # exactly on a split value (goes left)
     trees = BoostedTrees(model)
-    np.testing.assert_allclose(trees.decision_function(test.to_numpy()),
-                               model.decision_function(test), rtol=0, atol=1e-12)
+    assert (trees.lookup is not None) == (categorical is not None and offset == 0.0)
+    expected = model.decision_function(test)
+    np.testing.assert_allclose(trees.decision_function(test.to_numpy()),  # sklearn's loop
+                               expected, rtol=0, atol=1e-12)
+    walked = [trees.decision_function(rows) for rows in np.array_split(test.to_numpy(), 60)]
+    np.testing.assert_allclose(np.concatenate(walked), expected, rtol=0, atol=1e-12)
     one = test.to_numpy()[:1]
     assert trees.decision_function(one).shape == (1,)
     assert trees.decision_function(one)[0] == pytest.approx(model.decision_function(

@@ -159,6 +159,9 @@ def _lean_calibrated(calibrated: Any, x: np.ndarray) -> np.ndarray | None:
     calibrator = calibrated.calibrators[0]
     if calibrated.method == "sigmoid":  # a_, b_: Platt's parameters, as sklearn fitted them
         positive = expit(-(calibrator.a_ * scores + calibrator.b_))
+    elif calibrator.out_of_bounds == "clip":  # predict's interpolation, without validation
+        positive = np.interp(np.clip(scores, calibrator.X_min_, calibrator.X_max_),
+                             calibrator.X_thresholds_, calibrator.y_thresholds_)
     else:
         positive = calibrator.predict(scores)
     proba = np.zeros((x.shape[0], 2))
