@@ -116,11 +116,11 @@ def _boosted(estimator: Any) -> Any:
     """The compiled trees of a binary ``HistGradientBoostingClassifier`` (also inside a
     ``FrozenEstimator``), else ``None``."""
     from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.frozen import FrozenEstimator
 
     from chicago_crime.model.boosted_trees import BoostedTrees
 
-    inner = getattr(estimator, "estimator", None) if type(estimator).__name__ == \
-        "FrozenEstimator" else estimator
+    inner = estimator.estimator if isinstance(estimator, FrozenEstimator) else estimator
     if isinstance(inner, HistGradientBoostingClassifier) and inner.n_trees_per_iteration_ == 1:
         return BoostedTrees.of(inner)
     return None
