@@ -47,6 +47,16 @@ def _synthetic(rows: int = 900, seed: int = 0) -> tune.SearchData:
     return tune.SearchData(frames={"native": X, "native_interactions": X}, y=y, newest=newest)
 
 
+def _wait_until_claimed(study: optuna.Study, timeout: float = 120.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
+        if time.monotonic() > deadline:
+            raise TimeoutError("the enqueued trial was never claimed")
+        time.sleep(0.05)
+
+
 def test_two_processes_sharing_a_stored_study_run_the_budget_once(tmp_path: Path) -> None:
     """Two concurrent shares (threads, each with its own study object and sampler seed, as
     two workers would) against one SQLite-backed study: every trial has its own number, the
@@ -60,6 +70,8 @@ def test_two_processes_sharing_a_stored_study_run_the_budget_once(tmp_path: Path
     def share(index: int) -> int:
         study = tune.open_study("shared", storage, 42 + index, data.families)
         barrier.wait()
+        if index:  # SQLite has no row locks (PostgreSQL has): two shares could claim the one
+            _wait_until_claimed(study)  # enqueued trial together, so share 0 claims it first
         return tune.run_trials(study, data, n_trials=shares[index], timeout=None, folds=2,
                                log_to_mlflow=False, user_attrs={"share": index})
 
