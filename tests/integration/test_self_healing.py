@@ -135,9 +135,6 @@ def test_a_task_on_a_sigkilled_worker_is_retried_and_its_run_succeeds(settings, 
     af = connect(settings)
     wait_for_dag(af, demo.ETL_DAG)
     af.dags.patch_dag(demo.ETL_DAG, DAGPatchBody(is_paused=False))
-    worker = pid_of("airflow-worker")
-    old_tag = (stack.SVC / "run" / "airflow-worker.launch").read_text().strip()
-    others = {k: v for k, v in all_pids().items() if k != "airflow-worker"}
     outcome: dict[str, Any] = {}
 
     def run() -> None:
@@ -162,6 +159,12 @@ def test_a_task_on_a_sigkilled_worker_is_retried_and_its_run_succeeds(settings, 
     wait_until("a long ETL task running", lambda: running_task() is not None, 600)
     victim = running_task()
     assert victim is not None
+    # the worker running it: `airflow-worker-N@host` for the extra workers (worker_name.py)
+    service = victim.hostname.split("@")[0] if "@" in (victim.hostname or "") \
+        else "airflow-worker"
+    worker = pid_of(service)
+    old_tag = (stack.SVC / "run" / f"{service}.launch").read_text().strip()
+    others = {k: v for k, v in all_pids().items() if k != service}
     killed = time.monotonic()
     os.kill(worker, signal.SIGKILL)
 
@@ -170,19 +173,19 @@ def test_a_task_on_a_sigkilled_worker_is_retried_and_its_run_succeeds(settings, 
         return next(ti for ti in tis if ti.task_id == victim.task_id)
 
     restarted = wait_until("a new worker process",
-                           lambda: pid_of("airflow-worker") not in {0, worker}, 60, killed)
+                           lambda: pid_of(service) not in {0, worker}, 60, killed)
     detected = wait_until("the killed attempt failed",
                           lambda: task_state().state != "running"
                           or task_state().try_number > victim.try_number, 300, killed)
     back = wait_until("the worker answering again",
-                      lambda: stack.app_probe("airflow-worker", settings)[0], 120, killed)
+                      lambda: stack.app_probe(service, settings)[0], 120, killed)
     orphans = tagged_processes(old_tag)
     retried = wait_until("the task retried",
                          lambda: task_state().try_number > victim.try_number
                          and task_state().state in {"running", "success"}, 300, killed)
     runner.join(timeout=900)
     total = time.monotonic() - killed
-    report("SIGKILL of the Celery worker during " + victim.task_id + " (seconds after "
+    report(f"SIGKILL of the Celery worker ({service}) during {victim.task_id} (seconds after "
            "the kill)", worker_restarted_s=round(restarted, 1),
            worker_answers_ping_s=round(back, 1), attempt_failed_s=round(detected, 1),
            retry_running_s=round(retried, 1), run_success_s=round(total, 1),
@@ -191,6 +194,6 @@ def test_a_task_on_a_sigkilled_worker_is_retried_and_its_run_succeeds(settings, 
     assert outcome["run"].state == "success"
     assert not orphans, [p.pid for p in orphans]
     assert retried < 120  # the heartbeat timeout (30 s) + the retry delay, not 5 minutes
-    assert {k: v for k, v in all_pids().items() if k != "airflow-worker"} == others
-    log = (stack.LOGS / "airflow-worker.log").read_text(errors="ignore")
+    assert {k: v for k, v in all_pids().items() if k != service} == others
+    log = (stack.LOGS / f"{service}.log").read_text(errors="ignore")
     assert "address already in use" not in log
