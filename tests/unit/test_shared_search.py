@@ -125,8 +125,15 @@ def test_the_dags_search_flow_nests_every_trial_under_the_training_run(
     # a retried open_search finds the same run and study
     again = shared_search.open_search(MONTH, "manual__unit", settings, lake)
     assert again == shares
+    study = optuna.load_study(study_name=shares[0]["study_name"],
+                              storage=settings.search_storage())
     with ThreadPoolExecutor(2) as pool:
-        ran = list(pool.map(lambda s: shared_search.run_share(s, settings, lake), shares))
+        first = pool.submit(shared_search.run_share, shares[0], settings, lake)
+        # SQLite has no row locks (PostgreSQL has): both shares could claim the enqueued
+        # default trial together (then one tells a COMPLETE trial), so share 0 claims it first
+        _wait_until_claimed(study)
+        second = pool.submit(shared_search.run_share, shares[1], settings, lake)
+        ran = [first.result(), second.result()]
     assert [r["trials"] for r in ran] == [2, 1]
     retry = shared_search.run_share(shares[1], settings, lake)
     assert retry["resumed_from"] == 1 and retry["trials"] == 1
