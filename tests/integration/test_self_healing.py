@@ -16,7 +16,7 @@ import psutil
 import pytest
 from airflow_client.client import DAGPatchBody, TaskInstanceResponse
 
-from chicago_crime.devtools import demo, stack
+from chicago_crime.devtools import demo, stack, worker_name
 from chicago_crime.devtools.airflow_api import connect, wait_for_dag
 from chicago_crime.devtools.launch import tagged_processes
 from chicago_crime.devtools.loadgen import Load
@@ -159,9 +159,7 @@ def test_a_task_on_a_sigkilled_worker_is_retried_and_its_run_succeeds(settings, 
     wait_until("a long ETL task running", lambda: running_task() is not None, 600)
     victim = running_task()
     assert victim is not None
-    # the worker running it: `airflow-worker-N@host` for the extra workers (worker_name.py)
-    service = victim.hostname.split("@")[0] if "@" in (victim.hostname or "") \
-        else "airflow-worker"
+    service = worker_name.worker_of(victim.hostname)  # the worker running it
     worker = pid_of(service)
     old_tag = (stack.SVC / "run" / f"{service}.launch").read_text().strip()
     others = {k: v for k, v in all_pids().items() if k != service}

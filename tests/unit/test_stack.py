@@ -352,5 +352,8 @@ def test_an_extra_workers_task_instances_name_it(monkeypatch):
 
     monkeypatch.setenv("CHICAGO_CRIME_WORKER_NAME", "airflow-worker-2")
     assert worker_name.hostname().startswith("airflow-worker-2@")
+    assert worker_name.worker_of(worker_name.hostname()) == "airflow-worker-2"
     monkeypatch.delenv("CHICAGO_CRIME_WORKER_NAME")
     assert "@" not in worker_name.hostname()
+    assert worker_name.worker_of(worker_name.hostname()) == "airflow-worker"
+    assert worker_name.worker_of(None) == "airflow-worker"

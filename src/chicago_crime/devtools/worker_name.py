@@ -19,3 +19,11 @@ def hostname() -> str:
     name = os.environ.get("CHICAGO_CRIME_WORKER_NAME", "").strip()
     host = socket.gethostname()
     return f"{name}@{host}" if name else host
+
+
+def worker_of(recorded: str | None, default: str = "airflow-worker") -> str:
+    """The worker program that ran a task instance, from the host name it recorded (the
+    inverse of :func:`hostname`): ``airflow-worker-N@host`` -> ``airflow-worker-N``; a bare
+    host name is the first worker, ``default``."""
+    name, at, _ = (recorded or "").partition("@")
+    return name if at and name else default
