@@ -817,13 +817,25 @@ class CategoryCodes(TransformerMixin, BaseEstimator):
         check_is_fitted(self, "codes_")
         df = _as_frame(X)
         out: dict[str, Any] = {c: df[c].to_numpy(dtype=float) for c in self.numeric_columns_}
+        pairs = {self._pair_name(p): p for p in self.interactions}
         for col in self.categorical_:
-            pair = next((p for p in self.interactions if self._pair_name(p) == col), None)
-            values = _categories(df[col]) if pair is None else self._pair_values(df, pair)
-            known, other = self.codes_[col], self.max_categories - 1  # other: rare or unseen
-            codes = np.array([known.get(v, other) for v in values], dtype=float)
-            codes[values == MISSING] = math.nan  # the booster's missing-value branch
-            out[col] = codes
+            pair = pairs.get(col)
+            if pair is None:
+                index, values = pd.factorize(np.asarray(df[col], dtype=object))
+                names = [_category(v) for v in values]
+            else:  # each distinct (left, right) once, from the two columns' own factorisations
+                left, left_values = pd.factorize(np.asarray(df[pair[0]], dtype=object))
+                right, right_values = pd.factorize(np.asarray(df[pair[1]], dtype=object))
+                width = len(right_values) + 1  # code -1 (missing) -> the last slot
+                index, joint = pd.factorize((left % (len(left_values) + 1)) * width
+                                            + right % width)
+                lefts = [*map(_category, left_values), MISSING]
+                rights = [*map(_category, right_values), MISSING]
+                names = [f"{lefts[j // width]}|{rights[j % width]}" for j in joint]
+            # one look-up per distinct value, not per row; a missing value (factorize's -1: the
+            # table's last entry) -> NaN, the booster's missing-value branch
+            table = np.array([*(self._code(col, name) for name in names), math.nan])
+            out[col] = table[index]
         return pd.DataFrame(out, index=df.index)
 
     def transform_record(self, record: Mapping[str, Any]) -> dict[str, Any]:

@@ -458,8 +458,10 @@ def test_category_codes_rank_by_frequency_and_match_the_record_path() -> None:
     codes = CategoryCodes(max_categories=3, interactions=[("iucr", "beat")]).fit(train)
     assert codes.categorical_ == ["iucr", "beat", "iucr*beat"]
     assert codes.codes_["iucr"] == {"a": 0, "b": 1}
-    probe = pd.DataFrame({"iucr": ["a", "b", "c", "zzz", None], "beat": ["1", "2", "9", "1", "1"],
-                          "hour": [7.0, np.nan, 1.0, 2.0, 3.0]})
+    # missing on either side of the pair, and repeated values (coded once per distinct value)
+    probe = pd.DataFrame({"iucr": ["a", "b", "c", "zzz", None, "a", None, "b", "a"],
+                          "beat": ["1", "2", "9", "1", "1", None, None, "2", "1"],
+                          "hour": [7.0, np.nan, 1.0, 2.0, 3.0, 1.0, 2.0, 3.0, 4.0]})
     out = codes.transform(probe)
     assert out["iucr"].tolist()[:4] == [0.0, 1.0, 2.0, 2.0] and math.isnan(out["iucr"][4])
     assert list(out.columns) == list(codes.get_feature_names_out())
