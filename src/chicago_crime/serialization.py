@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import io
 import json
+import warnings
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 #: Library types a fitted pipeline of the platform holds that skops does not trust by default.
@@ -42,6 +45,24 @@ MODEL_TYPES: tuple[str, ...] = ("chicago_crime.features.CategoryCodes",)
 _FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 
 
+@contextmanager
+def quiet_module_scan() -> Iterator[None]:
+    """Silence the deprecation warnings Airflow's compatibility modules give while skops looks
+    a function up in every imported module.
+
+    skops names a function that lacks ``__module__`` (the ``scipy.special`` ufuncs, listed once
+    when ``skops.io`` is imported; any such function in a saved object) by reading that
+    attribute from each module in ``sys.modules`` (``skops.io._utils.whichmodule``); inside an
+    Airflow task, every deprecated ``airflow.*`` shim answers with a warning: ~1,160 log lines
+    per training task, none about this code. Only those warnings are ignored, only while skops
+    is imported or runs.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"The `airflow\.", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=r"The `airflow\.", category=DeprecationWarning)
+        yield
+
+
 class UntrustedTypeError(TypeError):
     """An object holds types :func:`loads` would refuse."""
 
@@ -56,16 +77,18 @@ def trusted_types() -> list[str]:
 
 def untrusted(data: bytes) -> list[str]:
     """Types in a skops blob that :func:`trusted_types` does not cover."""
-    import skops.io
+    with quiet_module_scan():
+        import skops.io
 
-    return sorted(set(skops.io.get_untrusted_types(data=data)) - set(trusted_types()))
+        return sorted(set(skops.io.get_untrusted_types(data=data)) - set(trusted_types()))
 
 
 def check_trusted(obj: Any) -> None:
     """Raise :class:`UntrustedTypeError` if ``obj`` holds a type :func:`loads` refuses."""
-    import skops.io
+    with quiet_module_scan():
+        import skops.io
 
-    unexpected = untrusted(skops.io.dumps(obj))
+        unexpected = untrusted(skops.io.dumps(obj))
     if unexpected:
         raise UntrustedTypeError(
             f"{type(obj).__name__} holds types that are not trusted: {unexpected}; add them to "
@@ -106,9 +129,10 @@ def _canonical(blob: bytes) -> bytes:
 
 def dumps(obj: Any) -> bytes:
     """``obj`` as deterministic skops bytes; refuses types :func:`loads` would not load."""
-    import skops.io
+    with quiet_module_scan():
+        import skops.io
 
-    blob = skops.io.dumps(obj)
+        blob = skops.io.dumps(obj)
     unexpected = untrusted(blob)
     if unexpected:
         raise UntrustedTypeError(f"{type(obj).__name__} holds untrusted types: {unexpected}")
@@ -117,6 +141,7 @@ def dumps(obj: Any) -> bytes:
 
 def loads(data: bytes) -> Any:
     """An object saved by :func:`dumps` (or any skops blob holding only trusted types)."""
-    import skops.io
+    with quiet_module_scan():
+        import skops.io
 
-    return skops.io.loads(data, trusted=trusted_types())
+        return skops.io.loads(data, trusted=trusted_types())

@@ -746,11 +746,12 @@ def _register(model: Pipeline, card: ModelCard, data: MonthData, evaluation: Eva
     serialization.check_trusted(model)
     example = R.model_frame(example_records(data.raw_test))
     signature = optional_inputs(infer_signature(example, model.predict_proba(example)))
-    info = mlflow.sklearn.log_model(
-        model, name="model", signature=signature, input_example=example,
-        pip_requirements=pip_requirements(), skops_trusted_types=serialization.trusted_types(),
-        pyfunc_predict_fn="predict_proba",
-    )
+    with serialization.quiet_module_scan():  # MLflow's skops flavour saves it again
+        info = mlflow.sklearn.log_model(
+            model, name="model", signature=signature, input_example=example,
+            pip_requirements=pip_requirements(),
+            skops_trusted_types=serialization.trusted_types(), pyfunc_predict_fn="predict_proba",
+        )
     artifact.log_serving_check(model, example_records(data.raw_test, SERVING_CHECK_RECORDS))
     client = registry.client_for(settings)
     version = registry.register(client, card.name, info.model_uri, str(card.run_id), card,
