@@ -21,8 +21,9 @@ and ``GET /health`` (HTTP and middleware, no model), are printed beside it.
 model servers of its own (one worker each, the stack's API environment: the real champion from
 MLflow, the prediction log writing to the stack's PostgreSQL), one with
 ``PREDICTION_LOG_ENABLED=true`` and one with ``false``, and measures single ``/predict`` p50/p99
-on both in alternating rounds (both see the same host load). Target (issue #16): logging adds
-<= ~0.2 ms to p50.
+and the median of batches of ``--batch-size`` on both, alternating request by request (both see
+the same host load; timed with :class:`LeanClient`). Target (issue #16): logging adds <= ~0.2 ms
+to p50.
 """
 
 from __future__ import annotations
@@ -286,8 +287,10 @@ def metric(url: str, name: str) -> float:
     return 0.0
 
 
-def compare_logging(records: list[dict[str, Any]], rounds: int, per_round: int) -> None:
-    """Single /predict p50/p99 with the prediction log on and off, the real champion."""
+def compare_logging(records: list[dict[str, Any]], rounds: int, per_round: int,
+                    batches: int, batch_size: int) -> None:
+    """Single /predict p50/p99 and a batch's median with the prediction log on and off, the
+    real champion; requests timed with :class:`LeanClient`."""
     from chicago_crime.devtools import stack
 
     settings = stack.stack_settings()
@@ -307,23 +310,25 @@ def compare_logging(records: list[dict[str, Any]], rounds: int, per_round: int) 
         for _, url in servers.values():
             wait_ready(url)
         bodies = [json.dumps(r).encode() for r in records]
-        headers = {"content-type": "application/json"}
+        batch = json.dumps({"records": records[:batch_size]}).encode()
         latencies: dict[str, list[float]] = {label: [] for label in servers}
-        clients = {label: httpx.Client(base_url=url, timeout=60, headers=headers)
-                   for label, (_, url) in servers.items()}
-        model = clients["on"].get("/model").json()
+        batch_ms: dict[str, list[float]] = {label: [] for label in servers}
+        clients = {label: LeanClient(url) for label, (_, url) in servers.items()}
+        model = httpx.get(f"{servers['on'][1]}/model", timeout=30).json()
         for client in clients.values():
             for body in bodies[:200]:
-                client.post("/predict", content=body).raise_for_status()
+                client.request("POST", "/predict", body)
+            client.request("POST", "/predict/batch", batch)
         # one request to each server in turn (which goes first alternates): both see the same
         # host load, request by request; the paired differences are reported too
         labels = list(clients)
         for i in range(rounds * per_round):
             body = bodies[i % len(bodies)]
             for label in (labels if i % 2 == 0 else labels[::-1]):
-                start = time.perf_counter()
-                clients[label].post("/predict", content=body).raise_for_status()
-                latencies[label].append((time.perf_counter() - start) * 1000)
+                latencies[label].append(clients[label].timed("POST", "/predict", body))
+        for i in range(batches):
+            for label in (labels if i % 2 == 0 else labels[::-1]):
+                batch_ms[label].append(clients[label].timed("POST", "/predict/batch", batch))
         time.sleep(2)  # the last batch is written (flush interval 1 s)
         written = metric(servers["on"][1], "prediction_log_rows_written_total")
         for client in clients.values():
@@ -345,8 +350,11 @@ def compare_logging(records: list[dict[str, Any]], rounds: int, per_round: int) 
     print(f"difference (on - off)              p50 {p50['on'] - p50['off']:+.2f} ms   "
           f"p99 {p99['on'] - p99['off']:+.2f} ms   median of paired differences "
           f"{statistics.median(paired):+.3f} ms   (target: p50 <= +0.2 ms)")
-    print(f"rows written by the logging server: {written:.0f} "
-          f"(warm-up 200 + measured {n})")
+    batch_median = {k: statistics.median(v) for k, v in batch_ms.items()}
+    print(f"batch of {batch_size}, prediction log off / on   median {batch_median['off']:.1f} / "
+          f"{batch_median['on']:.1f} ms   (n={batches} each, alternating)")
+    print(f"rows written by the logging server: {written:.0f} (warm-up 200 + {batch_size} + "
+          f"measured {n} + {batches} x {batch_size})")
     in_process_logging_cost(records, settings)
 
 
@@ -404,7 +412,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.compare_logging:
         compare_logging(portal_records(["2018-06"], limit=5000), args.rounds,
-                        max(1, args.single // args.rounds))
+                        max(1, args.single // args.rounds), args.batches, args.batch_size)
         return
 
     records = portal_records(["2018-03"], limit=5000)
