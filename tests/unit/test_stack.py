@@ -82,6 +82,72 @@ def test_every_service_is_a_supervised_program_that_restarts(settings, state):
         assert "chicago_crime.devtools.launch" in progs[name].command
 
 
+STOP_RECORDER = """
+import signal, sys, time
+def stop(*_):
+    with open(sys.argv[2], "a") as fh:
+        fh.write(sys.argv[1] + "\\n")
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+signal.signal(signal.SIGINT, stop)
+while True:
+    time.sleep(0.05)
+"""
+
+
+def test_a_shutdown_stops_every_program_before_what_it_needs(settings, state, tmp_path):
+    """A real supervisord with the stack's programs' priorities (stand-in commands that record
+    when they are told to stop): the API, Airflow and MLflow stop while PostgreSQL, the broker
+    and the lake still answer (in name order PostgreSQL went first and Airflow's dag-processor
+    died, reported as a crash)."""
+    progs = _programs(settings, replay="/data")
+    assert all(f"priority={p.priority}" in p.render() for p in progs.values())
+    (state / "logs").mkdir()
+    recorder, order = tmp_path / "recorder.py", tmp_path / "order"
+    recorder.write_text(STOP_RECORDER)
+    stand_ins = [stack.Program(name, f"{sys.executable} {recorder} {name} {order}",
+                               autostart=True, startsecs=0, stopwaitsecs=10,
+                               priority=prog.priority)
+                 for name, prog in progs.items()]
+    conf = tmp_path / "supervisord.conf"
+    sock = tmp_path / "s.sock"
+    conf.write_text(f"""[unix_http_server]
+file={sock}
+[supervisord]
+logfile={tmp_path / "supervisord.log"}
+pidfile={tmp_path / "supervisord.pid"}
+[rpcinterface:supervisor]
+supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+[supervisorctl]
+serverurl=unix://{sock}
+""" + "\n".join(p.render() for p in stand_ins))
+    bin_dir = Path(sys.executable).parent
+    daemon = subprocess.Popen([str(bin_dir / "supervisord"), "-n", "-c", str(conf)])
+    try:
+        ctl = [str(bin_dir / "supervisorctl"), "-c", str(conf)]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            status = subprocess.run([*ctl, "status"], capture_output=True, text=True).stdout
+            if status.count("RUNNING") == len(stand_ins):
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail(f"stand-ins did not start: {status}")
+        subprocess.run([*ctl, "shutdown"], capture_output=True, check=True)
+        daemon.wait(timeout=120)
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+    stopped = order.read_text().split()
+    assert sorted(stopped) == sorted(progs)
+    position = {name: i for i, name in enumerate(stopped)}
+    for needs, needed in [("api", "mlflow"), ("airflow-dag-processor", "postgres"),
+                          ("airflow-worker", "redis"), ("mlflow", "s3"), ("mlflow", "postgres"),
+                          ("airflow-scheduler", "mlflow"), ("prometheus", "postgres")]:
+        assert position[needs] < position[needed], (needs, needed, stopped)
+    assert set(stopped[-3:]) == set(stack.BASE_SERVICES)
+
+
 def test_no_secret_in_any_supervisor_file_or_command_line(settings, state):
     progs = _programs(settings, replay="/data")
     rendered = "\n".join(p.render() for p in progs.values()) + stack.supervisor_head()
