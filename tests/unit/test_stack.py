@@ -101,14 +101,13 @@ def test_a_shutdown_stops_every_program_before_what_it_needs(settings, state, tm
     and the lake still answer (in name order PostgreSQL went first and Airflow's dag-processor
     died, reported as a crash)."""
     progs = _programs(settings, replay="/data")
-    assert all(f"priority={p.priority}" in p.render() for p in progs.values())
+    assert all(f"priority={stack.priority_of(p.name)}" in p.render() for p in progs.values())
     (state / "logs").mkdir()
     recorder, order = tmp_path / "recorder.py", tmp_path / "order"
     recorder.write_text(STOP_RECORDER)
     stand_ins = [stack.Program(name, f"{sys.executable} {recorder} {name} {order}",
-                               autostart=True, startsecs=0, stopwaitsecs=10,
-                               priority=prog.priority)
-                 for name, prog in progs.items()]
+                               autostart=True, startsecs=0, stopwaitsecs=10)
+                 for name in progs]
     conf = tmp_path / "supervisord.conf"
     sock = tmp_path / "s.sock"
     conf.write_text(f"""[unix_http_server]

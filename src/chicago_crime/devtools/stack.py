@@ -468,8 +468,6 @@ class Program:
     #: digest of the files the program reads: a change makes ``supervisorctl update`` restart it
     digest: str = ""
     env: dict[str, str] | None = field(default=None, repr=False)
-    #: supervisord's start/shutdown order (:func:`priority_of`); set by :func:`programs`
-    priority: int = 999
 
     def render(self) -> str:
         lines = [
@@ -484,7 +482,7 @@ class Program:
             "startretries=5",
             f"stopsignal={self.stopsignal}",
             f"stopwaitsecs={self.stopwaitsecs}",
-            f"priority={self.priority}",
+            f"priority={priority_of(self.name)}",  # start and shutdown order
             "stopasgroup=true",
             "killasgroup=true",
             "redirect_stderr=true",
@@ -629,7 +627,6 @@ def programs(settings: Settings, replay_dir: str | None, account: Account,
             REPLAY, f"{b / 'python'} -m chicago_crime.devtools.replay --data {replay_dir}"
             f" --host {LOOPBACK} --port {s.replay_port}", autostart=True, user=user, startsecs=2))
     for prog in progs:
-        prog.priority = priority_of(prog.name)
         if prog.name in envs:
             prog.env = envs[prog.name]
             prog.digest = _digest(prog.digest, json.dumps(prog.env, sort_keys=True))
