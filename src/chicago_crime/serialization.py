@@ -63,6 +63,15 @@ def quiet_module_scan() -> Iterator[None]:
         yield
 
 
+@contextmanager
+def _skops() -> Iterator[Any]:
+    """``skops.io``, imported and used inside :func:`quiet_module_scan`."""
+    with quiet_module_scan():
+        import skops.io
+
+        yield skops.io
+
+
 class UntrustedTypeError(TypeError):
     """An object holds types :func:`loads` would refuse."""
 
@@ -77,18 +86,15 @@ def trusted_types() -> list[str]:
 
 def untrusted(data: bytes) -> list[str]:
     """Types in a skops blob that :func:`trusted_types` does not cover."""
-    with quiet_module_scan():
-        import skops.io
-
-        return sorted(set(skops.io.get_untrusted_types(data=data)) - set(trusted_types()))
+    with _skops() as sio:
+        return sorted(set(sio.get_untrusted_types(data=data)) - set(trusted_types()))
 
 
 def check_trusted(obj: Any) -> None:
     """Raise :class:`UntrustedTypeError` if ``obj`` holds a type :func:`loads` refuses."""
-    with quiet_module_scan():
-        import skops.io
-
-        unexpected = untrusted(skops.io.dumps(obj))
+    with _skops() as sio:
+        blob = sio.dumps(obj)
+    unexpected = untrusted(blob)
     if unexpected:
         raise UntrustedTypeError(
             f"{type(obj).__name__} holds types that are not trusted: {unexpected}; add them to "
@@ -129,10 +135,8 @@ def _canonical(blob: bytes) -> bytes:
 
 def dumps(obj: Any) -> bytes:
     """``obj`` as deterministic skops bytes; refuses types :func:`loads` would not load."""
-    with quiet_module_scan():
-        import skops.io
-
-        blob = skops.io.dumps(obj)
+    with _skops() as sio:
+        blob = sio.dumps(obj)
     unexpected = untrusted(blob)
     if unexpected:
         raise UntrustedTypeError(f"{type(obj).__name__} holds untrusted types: {unexpected}")
@@ -141,7 +145,5 @@ def dumps(obj: Any) -> bytes:
 
 def loads(data: bytes) -> Any:
     """An object saved by :func:`dumps` (or any skops blob holding only trusted types)."""
-    with quiet_module_scan():
-        import skops.io
-
-        return skops.io.loads(data, trusted=trusted_types())
+    with _skops() as sio:
+        return sio.loads(data, trusted=trusted_types())
