@@ -772,9 +772,15 @@ class CategoryCodes(TransformerMixin, BaseEstimator):
     def _pair_name(pair: Sequence[str]) -> str:
         return f"{pair[0]}*{pair[1]}"
 
+    @staticmethod
+    def _pair_label(left: str, right: str) -> str:
+        """The category of an interaction column: both sides' categories."""
+        return f"{left}|{right}"
+
     def _pair_values(self, df: pd.DataFrame, pair: Sequence[str]) -> np.ndarray:
         left, right = _categories(df[pair[0]]), _categories(df[pair[1]])
-        return np.asarray([f"{a}|{b}" for a, b in zip(left, right, strict=True)], dtype=object)
+        return np.asarray([self._pair_label(a, b) for a, b in zip(left, right, strict=True)],
+                          dtype=object)
 
     def fit(self, X: Any, y: Any = None) -> CategoryCodes:
         if not 2 <= self.max_categories <= 255:
@@ -831,7 +837,7 @@ class CategoryCodes(TransformerMixin, BaseEstimator):
                                             + right % width)
                 lefts = [*map(_category, left_values), MISSING]
                 rights = [*map(_category, right_values), MISSING]
-                names = [f"{lefts[j // width]}|{rights[j % width]}" for j in joint]
+                names = [self._pair_label(lefts[j // width], rights[j % width]) for j in joint]
             # one look-up per distinct value, not per row; a missing value (factorize's -1: the
             # table's last entry) -> NaN, the booster's missing-value branch
             table = np.array([*(self._code(col, name) for name in names), math.nan])
@@ -847,6 +853,7 @@ class CategoryCodes(TransformerMixin, BaseEstimator):
             if pair is None:
                 value = _category(record.get(col))
             else:
-                value = f"{_category(record.get(pair[0]))}|{_category(record.get(pair[1]))}"
+                value = self._pair_label(_category(record.get(pair[0])),
+                                         _category(record.get(pair[1])))
             out[col] = self._code(col, value)
         return out
